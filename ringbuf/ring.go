@@ -1,0 +1,402 @@
+// Package ringbuf is the ring of batch slabs that samples are written into
+// and batches are read out of.
+//
+// The ring is one anonymous mapping of NumSlabs slabs. A slab holds one
+// batch: leaf j of the batch is one contiguous block of BatchSize·LeafBytes[j]
+// bytes, aligned to 64 bytes, so slot i of leaf j lives at
+// slab + blockOffset[j] + i·LeafBytes[j]. Handing a full slab to the consumer
+// is therefore handing it one contiguous array per leaf: no copy.
+//
+// Slots are numbered by absolute uint64 positions that are never reduced
+// except to address memory: position p lives in batch p/BatchSize, which
+// lives in slab (p/BatchSize) % NumSlabs, at index p % BatchSize.
+//
+// Invariants:
+//
+//  1. released ≤ write ≤ released + Capacity. Positions in [released, write)
+//     are claimed; positions in [write, released+Capacity) are free.
+//  2. A reservation is a run of positions claimed by one CAS on write. It never
+//     crosses a batch boundary, so it lives in one slab.
+//  3. commit[s] counts the samples of the batch now in slab s that writers
+//     have finished copying. It reaches BatchSize exactly once per batch, and
+//     the writer whose add makes it so wakes the consumer: one wake per batch.
+//  4. Only the consumer resets commit[s], and only before it advances
+//     released past the slab's batch. Writers cannot claim slots of the slab's
+//     next batch until that advance, so they never see a stale count.
+//
+// Writers are any number of goroutines calling Reserve, copying into Slot
+// memory and calling Commit. The consumer is one goroutine at a time calling
+// Next.
+package ringbuf
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"math/bits"
+	"os"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// BlockAlign is the alignment of every leaf block inside a slab and of every
+// slab inside the mapping.
+const BlockAlign = 64
+
+// maxRingBytes bounds the mapping so that size arithmetic cannot overflow.
+const maxRingBytes = 1 << 46
+
+var (
+	// ErrClosed is returned by Next and WaitSpace once the ring is closed.
+	ErrClosed = errors.New("ringbuf: closed")
+	// ErrLayout wraps every error about a bad Layout.
+	ErrLayout = errors.New("ringbuf: bad layout")
+	// ErrTooLarge is returned when the ring does not fit in memory.
+	ErrTooLarge = errors.New("ringbuf: ring too large for memory")
+)
+
+// Layout is the shape of a ring.
+type Layout struct {
+	// BatchSize is the number of samples per batch (per slab); at least 1.
+	BatchSize int
+	// NumSlabs is the number of batches the ring holds; at least 2, so that
+	// writers can fill one slab while the consumer reads another.
+	NumSlabs int
+	// LeafBytes is the size in bytes of each leaf of one sample, in flatten
+	// order. A leaf of zero bytes is allowed (an array with a zero dimension).
+	LeafBytes []int
+}
+
+// cursor is an absolute position on a cache line of its own: 8 bytes of value,
+// 120 of padding, since adjacent-line prefetch pairs 64-byte lines on x86.
+type cursor struct {
+	v atomic.Uint64
+	_ [120]byte
+}
+
+// slabState is the per-slab commit counter, padded like a cursor so writers
+// of neighbouring slabs do not share a line.
+type slabState struct {
+	// commit is the number of samples of the slab's current batch that are
+	// fully written. Writers add (Commit); the consumer loads it (Next) and
+	// resets it to zero before releasing the slab.
+	commit atomic.Uint64
+	_      [120]byte
+}
+
+// Reservation is a run of N consecutive slots starting at absolute position
+// Start, claimed by one writer. It never spans two slabs.
+type Reservation struct {
+	Start uint64
+	N     int
+}
+
+// Ring is the slab ring. Its methods are safe for concurrent use by many
+// writers and one consumer, as documented on each.
+type Ring struct {
+	// Read-only after New.
+	mem       []byte // the whole mapping (unix.Munmap wants it whole)
+	batch     uint64 // BatchSize
+	numSlabs  uint64 // NumSlabs
+	capacity  uint64 // NumSlabs · BatchSize
+	slabBytes int    // bytes per slab, a multiple of BlockAlign
+	leafBytes []int  // bytes per sample, per leaf
+	blockOff  []int  // offset of each leaf's block inside a slab
+	slabs     []slabState
+	memInfo   MemoryInfo
+	ready     chan struct{} // capacity 1; a token means "some slab filled up"
+	done      chan struct{} // closed by Close
+	spaceMu   sync.Mutex    // guards spaceCond; see WaitSpace
+	spaceCond sync.Cond
+	_         [128]byte
+
+	// write is the next unclaimed position. Writers CAS it forward
+	// (Reserve); the CAS is the claim and publishes nothing else.
+	write cursor
+	// released is the first position the consumer has not given back.
+	// The consumer adds BatchSize to it (release) after resetting the slab's
+	// commit count; writers load it to compute free space, and that load
+	// acquires the reset.
+	released cursor
+
+	// spaceWaiters counts writers inside WaitSpace. Writers add under
+	// spaceMu before their last check; the consumer loads it after advancing
+	// released and broadcasts if non-zero, so no wake is lost.
+	spaceWaiters atomic.Int32
+	// notifies counts consumer wakes (one per completed batch). Written by
+	// the completing writer, read by Stats.
+	notifies atomic.Uint64
+	// closed is set once by Close; read by everyone.
+	closed atomic.Bool
+	_      [128]byte
+
+	// Consumer-only state: written and read by the goroutine calling Next.
+	next    uint64 // number of batches handed out so far
+	holding bool   // whether batch next-1 is still held by the consumer
+}
+
+// New maps and pre-faults a ring of the given layout.
+func New(l Layout) (*Ring, error) {
+	if l.BatchSize < 1 {
+		return nil, fmt.Errorf("%w: batch size %d, must be at least 1", ErrLayout, l.BatchSize)
+	}
+	if l.NumSlabs < 2 {
+		return nil, fmt.Errorf("%w: %d slabs, must be at least 2", ErrLayout, l.NumSlabs)
+	}
+	if len(l.LeafBytes) == 0 {
+		return nil, fmt.Errorf("%w: no leaves", ErrLayout)
+	}
+	r := &Ring{
+		batch:     uint64(l.BatchSize),
+		numSlabs:  uint64(l.NumSlabs),
+		leafBytes: append([]int(nil), l.LeafBytes...),
+		blockOff:  make([]int, len(l.LeafBytes)),
+		ready:     make(chan struct{}, 1),
+		done:      make(chan struct{}),
+	}
+	r.spaceCond.L = &r.spaceMu
+
+	// Slab layout, in uint64 with overflow checks: hostile sizes must fail
+	// here, not wrap.
+	var off uint64
+	for j, n := range l.LeafBytes {
+		if n < 0 {
+			return nil, fmt.Errorf("%w: leaf %d has %d bytes", ErrLayout, j, n)
+		}
+		r.blockOff[j] = int(off)
+		hi, block := bits.Mul64(uint64(n), r.batch)
+		if hi != 0 || block > maxRingBytes {
+			return nil, fmt.Errorf("%w: leaf %d block of %d×%d bytes", ErrTooLarge, j, l.BatchSize, n)
+		}
+		off = alignUp(off+block, BlockAlign)
+		if off > maxRingBytes {
+			return nil, fmt.Errorf("%w: slab over %d bytes", ErrTooLarge, uint64(maxRingBytes))
+		}
+	}
+	if off == 0 {
+		off = BlockAlign // all leaves empty: keep slabs distinct
+	}
+	hi, total := bits.Mul64(off, r.numSlabs)
+	if hi != 0 || total > maxRingBytes || total > math.MaxInt {
+		return nil, fmt.Errorf("%w: %d slabs of %d bytes", ErrTooLarge, l.NumSlabs, off)
+	}
+	r.slabBytes = int(off)
+	r.slabs = make([]slabState, l.NumSlabs)
+	r.capacity = r.batch * r.numSlabs
+
+	mem, info, err := mapRing(int(alignUp(total, hugePageSize)))
+	if err != nil {
+		return nil, err
+	}
+	r.mem, r.memInfo = mem, info
+	return r, nil
+}
+
+func alignUp(n, a uint64) uint64 { return (n + a - 1) &^ (a - 1) }
+
+func addrOf(b []byte) unsafe.Pointer { return unsafe.Pointer(unsafe.SliceData(b)) }
+
+// BatchSize returns the number of samples per batch.
+func (r *Ring) BatchSize() int { return int(r.batch) }
+
+// NumSlabs returns the number of slabs.
+func (r *Ring) NumSlabs() int { return int(r.numSlabs) }
+
+// Capacity returns the number of slots: NumSlabs · BatchSize.
+func (r *Ring) Capacity() int { return int(r.capacity) }
+
+// Memory says how the ring's memory was mapped.
+func (r *Ring) Memory() MemoryInfo { return r.memInfo }
+
+// LeafBlock returns leaf j's block of slab s: BatchSize·LeafBytes[j] bytes.
+// The slice views ring memory, which stays mapped until Free.
+func (r *Ring) LeafBlock(s, j int) []byte {
+	base := s*r.slabBytes + r.blockOff[j]
+	return r.mem[base : base+int(r.batch)*r.leafBytes[j] : base+int(r.batch)*r.leafBytes[j]]
+}
+
+// Slot returns the bytes of leaf j of the slot at absolute position pos.
+// The caller must hold a reservation covering pos.
+func (r *Ring) Slot(pos uint64, j int) []byte {
+	slab := int((pos / r.batch) % r.numSlabs)
+	off := slab*r.slabBytes + r.blockOff[j] + int(pos%r.batch)*r.leafBytes[j]
+	return r.mem[off : off+r.leafBytes[j] : off+r.leafBytes[j]]
+}
+
+// Reserve claims up to want consecutive slots with one successful CAS,
+// capped at the free space and at the end of the current batch. It returns
+// ok == false when the ring is full (or closed). casFailures counts the CAS
+// attempts lost to other writers, for the detailed metrics.
+//
+// Reserve may be called by any number of writers at once. Each successful
+// reservation must be followed by Commit once its slots are written.
+func (r *Ring) Reserve(want int) (res Reservation, casFailures int, ok bool) {
+	if want < 1 || r.closed.Load() {
+		return Reservation{}, 0, false
+	}
+	for {
+		w := r.write.v.Load()
+		// This load of released acquires the consumer's reset of the slab
+		// counters for every slot up to released+capacity.
+		free := r.released.v.Load() + r.capacity - w
+		if free == 0 {
+			return Reservation{}, casFailures, false
+		}
+		n := min(uint64(want), free, r.batch-w%r.batch)
+		if r.write.v.CompareAndSwap(w, w+n) {
+			return Reservation{Start: w, N: int(n)}, casFailures, true
+		}
+		casFailures++
+	}
+}
+
+// Commit marks the reservation's slots as written. The writer whose commit
+// completes a batch wakes the consumer; Commit reports whether it did.
+func (r *Ring) Commit(res Reservation) (completed bool) {
+	s := (res.Start / r.batch) % r.numSlabs
+	// The add publishes this writer's copies into the slots to the consumer,
+	// which loads the counter before reading the slab.
+	if r.slabs[s].commit.Add(uint64(res.N)) != r.batch {
+		return false
+	}
+	r.notifies.Add(1)
+	// One token is enough: the consumer re-checks the counter of the slab it
+	// wants after every token, so a token already waiting covers this batch.
+	select {
+	case r.ready <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// Next gives back the batch handed out by the previous call (its views die
+// now) and waits until the next batch is complete. It returns the batch's
+// slab index; the slab's memory is the consumer's until the next call of
+// Next or Release. Only one goroutine at a time may call Next and Release.
+//
+// Next returns ErrClosed once the ring is closed, and ctx's error if ctx is
+// done first.
+func (r *Ring) Next(ctx context.Context) (slab int, err error) {
+	r.Release()
+	s := r.next % r.numSlabs
+	for {
+		if r.closed.Load() {
+			return 0, ErrClosed
+		}
+		// This load acquires every writer's copy into the slab.
+		if r.slabs[s].commit.Load() == r.batch {
+			r.next++
+			r.holding = true
+			return int(s), nil
+		}
+		select {
+		case <-r.ready:
+		case <-r.done:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+}
+
+// Holding reports whether the consumer holds a batch. Consumer only.
+func (r *Ring) Holding() bool { return r.holding }
+
+// Release gives back the batch that Next handed out, if one is held.
+// Consumer only.
+func (r *Ring) Release() {
+	if !r.holding {
+		return
+	}
+	r.holding = false
+	s := (r.next - 1) % r.numSlabs
+	r.slabs[s].commit.Store(0)
+	// This add hands the slab's slots to writers; it orders the reset above
+	// before any writer's claim of them.
+	r.released.v.Add(r.batch)
+	if r.spaceWaiters.Load() > 0 {
+		r.spaceMu.Lock()
+		r.spaceCond.Broadcast()
+		r.spaceMu.Unlock()
+	}
+}
+
+// WaitSpace blocks until the ring has a free slot or is closed; it returns
+// ErrClosed in the latter case. Writers call it after Reserve found the ring
+// full.
+func (r *Ring) WaitSpace() error {
+	r.spaceMu.Lock()
+	defer r.spaceMu.Unlock()
+	// Registering before the check pairs with Release's advance-then-load:
+	// either this check sees the advance, or Release sees the waiter.
+	r.spaceWaiters.Add(1)
+	defer r.spaceWaiters.Add(-1)
+	for !r.closed.Load() && r.write.v.Load() == r.released.v.Load()+r.capacity {
+		r.spaceCond.Wait()
+	}
+	if r.closed.Load() {
+		return ErrClosed
+	}
+	return nil
+}
+
+// Stats is a snapshot of the ring's counters.
+type Stats struct {
+	// Inserted is the number of samples committed since New.
+	Inserted uint64
+	// Stored is the number committed and not yet handed out in a batch.
+	Stored uint64
+	// Notifies is the number of consumer wakes, one per completed batch.
+	Notifies uint64
+	// Batches is the number of batches handed out.
+	Batches uint64
+}
+
+// Stats returns a snapshot of the counters. It is exact when called by the
+// consumer between calls of Next; from elsewhere it is a racy estimate.
+func (r *Ring) Stats() Stats {
+	st := Stats{Notifies: r.notifies.Load(), Batches: r.next}
+	held := uint64(math.MaxUint64)
+	if r.holding {
+		held = (r.next - 1) % r.numSlabs
+	}
+	for s := range r.slabs {
+		if uint64(s) != held {
+			st.Stored += r.slabs[s].commit.Load()
+		}
+	}
+	st.Inserted = r.next*r.batch + st.Stored
+	return st
+}
+
+// Close wakes the consumer and every writer waiting for space; from now on
+// Reserve fails and Next and WaitSpace return ErrClosed. It is idempotent.
+// Close does not unmap the memory: see Free.
+func (r *Ring) Close() {
+	if r.closed.Swap(true) {
+		return
+	}
+	close(r.done)
+	r.spaceMu.Lock()
+	r.spaceCond.Broadcast()
+	r.spaceMu.Unlock()
+}
+
+// Free unmaps the ring. The caller must make sure that no writer is between
+// Reserve and Commit and that no view of the memory is used again; any
+// access after Free faults. Free closes the ring if needed and is idempotent.
+func (r *Ring) Free() error {
+	r.Close()
+	if r.mem == nil {
+		return nil
+	}
+	mem := r.mem
+	r.mem = nil
+	if err := unix.Munmap(mem); err != nil {
+		return os.NewSyscallError("munmap", err)
+	}
+	return nil
+}
