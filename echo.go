@@ -1,0 +1,47 @@
+// Package echo moves reinforcement-learning samples from many producers into
+// fixed-size training batches.
+//
+// A learner builds a [Server] from an example sample (a pytree: nested
+// map[string]any, []any, [pytree.Tuple] and nil, with [pytree.Array] leaves)
+// and a batch size. Producers hand it samples that match the example exactly;
+// the learner calls [Server.Sample] and gets a batch whose every leaf is one
+// contiguous array of shape (batchSize, *leaf.shape), viewing the server's
+// ring memory directly.
+//
+// # Lifetime of batch views
+//
+// The arrays of a [Sample] view ring memory that the server reuses: they are
+// valid until the next call of [Server.Sample] (or the next step of a
+// [Server.Batches] loop) and until [Server.Close]. Use [Sample.Copy], or
+// Batches with [Copied], to keep a batch longer.
+//
+// The hot path lives in three files: ringbuf/ring.go (slot claims, commits,
+// batch hand-off), server.go (Submit, Sample) and pytree/spec.go (validation
+// and flattening against the example).
+package echo
+
+import (
+	"errors"
+
+	"github.com/seed-a9ef92a1/echo/ringbuf"
+)
+
+var (
+	// ErrClosed is returned (wrapped) by every call on a closed server.
+	ErrClosed = errors.New("echo: server closed")
+	// ErrSpecMismatch is returned (wrapped, with the leaf path and both
+	// values) for a sample whose structure, dtype or shape differs from the
+	// example.
+	ErrSpecMismatch = errors.New("echo: spec mismatch")
+	// ErrBadExample is returned by NewServer for an example that cannot
+	// describe samples: no leaves, or a leaf that is not a pytree.Array.
+	ErrBadExample = errors.New("echo: bad example")
+	// ErrBadConfig is returned by NewServer for an out-of-range batch size
+	// or option.
+	ErrBadConfig = errors.New("echo: bad configuration")
+	// ErrRingTooLarge is returned by NewServer when the ring of
+	// NumBuffers·batchSize samples does not fit in memory.
+	ErrRingTooLarge = ringbuf.ErrTooLarge
+	// ErrStarted is returned by a second call of Start.
+	ErrStarted = errors.New("echo: server already started")
+)

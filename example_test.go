@@ -1,0 +1,55 @@
+package echo_test
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/seed-a9ef92a1/echo"
+	"github.com/seed-a9ef92a1/echo/pytree"
+)
+
+// A learner and one producer goroutine, as in the README.
+func Example() {
+	example := map[string]any{
+		"obs":    pytree.MustOf(make([]float32, 8)),
+		"reward": pytree.Scalar(float32(0)),
+		"done":   pytree.Scalar(uint8(0)),
+	}
+	srv, err := echo.NewServer(example, 256)
+	if err != nil {
+		panic(err)
+	}
+	defer srv.Close()
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		obs := make([]float32, 8)
+		for step := 0; ; step++ {
+			obs[0] = float32(step)
+			err := srv.Submit(map[string]any{
+				"obs":    pytree.MustOf(obs),
+				"reward": pytree.Scalar(float32(1)),
+				"done":   pytree.Scalar(uint8(0)),
+			})
+			if err != nil { // echo.ErrClosed after Close
+				return
+			}
+		}
+	}()
+
+	ctx := context.Background()
+	for range 2 {
+		smp, err := srv.Sample(ctx)
+		if err != nil {
+			panic(err)
+		}
+		obs, _ := smp.Batch.(map[string]any)["obs"].(pytree.Array).Float32()
+		fmt.Println(len(obs), obs[8], obs[255*8])
+	}
+	srv.Close()
+	<-done
+	// Output:
+	// 2048 1 255
+	// 2048 257 511
+}

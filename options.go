@@ -1,0 +1,67 @@
+package echo
+
+import "fmt"
+
+// Defaults of the server options.
+const (
+	// DefaultNumBuffers is three slabs: the consumer reads one while
+	// producers fill the second and spill into the third, so a consumer that
+	// returns promptly never stalls a producer.
+	DefaultNumBuffers = 3
+	// DefaultNumDrainers is the number of ingress workers that move samples
+	// from producer queues (and, later, sockets) into the ring.
+	DefaultNumDrainers = 8
+	// DefaultProducerQueueSize is the number of samples each producer may
+	// have queued before Send waits.
+	DefaultProducerQueueSize = 8
+)
+
+// config is the server's configuration after options are applied.
+type config struct {
+	numBuffers        int
+	numDrainers       int
+	producerQueueSize int
+	detailedMetrics   bool
+}
+
+func defaultConfig() config {
+	return config{
+		numBuffers:        DefaultNumBuffers,
+		numDrainers:       DefaultNumDrainers,
+		producerQueueSize: DefaultProducerQueueSize,
+	}
+}
+
+func (c config) validate() error {
+	if c.numBuffers < 2 {
+		return fmt.Errorf("%w: num_buffers %d, must be at least 2", ErrBadConfig, c.numBuffers)
+	}
+	if c.numDrainers < 1 {
+		return fmt.Errorf("%w: num_drainers %d, must be at least 1", ErrBadConfig, c.numDrainers)
+	}
+	if c.producerQueueSize < 1 {
+		return fmt.Errorf("%w: producer_queue_size %d, must be at least 1", ErrBadConfig, c.producerQueueSize)
+	}
+	return nil
+}
+
+// Option configures a Server.
+type Option func(*config)
+
+// WithNumBuffers sets the number of batch slabs in the ring (default
+// DefaultNumBuffers, at least 2). More slabs absorb a slower consumer at the
+// cost of NumBuffers·batchSize·payload bytes of memory.
+func WithNumBuffers(n int) Option { return func(c *config) { c.numBuffers = n } }
+
+// WithNumDrainers sets the number of ingress workers (default
+// DefaultNumDrainers, at least 1).
+func WithNumDrainers(n int) Option { return func(c *config) { c.numDrainers = n } }
+
+// WithProducerQueueSize sets the per-producer queue length (default
+// DefaultProducerQueueSize, at least 1).
+func WithProducerQueueSize(n int) Option { return func(c *config) { c.producerQueueSize = n } }
+
+// WithDetailedMetrics turns on the detailed metrics of SampleInfo: CAS
+// counters and the latency histograms. Off by default; when off they cost a
+// predictable branch per reservation.
+func WithDetailedMetrics(on bool) Option { return func(c *config) { c.detailedMetrics = on } }

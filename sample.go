@@ -1,0 +1,86 @@
+package echo
+
+import (
+	"time"
+
+	"github.com/seed-a9ef92a1/echo/pytree"
+)
+
+// Sample is one batch and the metrics taken when it was handed out.
+//
+// Batch and Leaves view the server's ring memory: they are valid until the
+// next Sample call on the same server (or the next step of a Batches loop)
+// and until Close. Copy them, with Copy, to keep them longer. The server owns
+// the tree and the Leaves slice too and restores them on every call, so a
+// caller that edits them only spoils its own current view.
+type Sample struct {
+	// Batch is a tree shaped like the server's example whose leaves have
+	// shape (batchSize, *leaf.shape).
+	Batch any
+	// Leaves are Batch's leaves in flatten order.
+	Leaves []pytree.Array
+	// Info is a snapshot of the server's metrics.
+	Info SampleInfo
+
+	spec *pytree.Spec // the batch spec, for Copy
+}
+
+// Copy returns a deep copy of the sample whose arrays live in fresh Go
+// memory and stay valid for as long as the caller keeps them.
+func (s Sample) Copy() Sample {
+	leaves := make([]pytree.Array, len(s.Leaves))
+	for i, a := range s.Leaves {
+		leaves[i] = a.Copy()
+	}
+	batch, err := s.spec.Unflatten(leaves)
+	if err != nil {
+		// Leaves always has the spec's leaf count: a failure is a bug.
+		panic("echo: copying a sample: " + err.Error())
+	}
+	return Sample{Batch: batch, Leaves: leaves, Info: s.Info, spec: s.spec}
+}
+
+// SampleInfo is a snapshot of backpressure metrics, taken per batch.
+type SampleInfo struct {
+	// StoreSize is the number of samples written to the ring and not yet
+	// handed out, after this batch was taken.
+	StoreSize int
+	// ActiveConnections is the number of connected network producers.
+	ActiveConnections int
+	// QueueDepthSum is the number of samples waiting in producer queues
+	// (and socket buffers), summed.
+	QueueDepthSum int
+	// QueueDepthMax is the deepest single producer queue.
+	QueueDepthMax int
+	// PushBlockedCount counts the times a sample could not be written
+	// because the ring was full.
+	PushBlockedCount uint64
+	// SamplesInsertedTotal counts samples written to the ring since start.
+	SamplesInsertedTotal uint64
+	// NotifyCount counts consumer wake-ups: one per completed batch.
+	NotifyCount uint64
+
+	// Detailed reports whether the fields below are measured
+	// (WithDetailedMetrics); they read zero otherwise.
+	Detailed bool
+	// CASSuccessTotal counts successful slot reservations.
+	CASSuccessTotal uint64
+	// CASFailureTotal counts reservation CASes lost to another writer.
+	CASFailureTotal uint64
+	// ReservationRetriesTotal counts reservations retried after finding the
+	// ring full.
+	ReservationRetriesTotal uint64
+	// DrainRound is the time of one ingress worker round.
+	DrainRound Histogram
+	// Memcpy is the time to copy one reservation's samples into the ring.
+	Memcpy Histogram
+	// QueueDwell is the time a sample waited in a producer queue.
+	QueueDwell Histogram
+}
+
+// Histogram summarises durations recorded since the last ResetHistograms.
+type Histogram struct {
+	Count                      uint64
+	Min, Max, Mean             time.Duration
+	P50, P90, P99              time.Duration
+}

@@ -1,0 +1,329 @@
+package echo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"iter"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/seed-a9ef92a1/echo/pytree"
+	"github.com/seed-a9ef92a1/echo/ringbuf"
+)
+
+// Server is the learner's side: it accepts samples matching its example and
+// hands them out in batches of a fixed size.
+//
+// Submit may be called from any number of goroutines. Sample (and Batches)
+// is for one consumer: concurrent calls are serialised, and each call ends
+// the lifetime of the views the previous one returned.
+type Server struct {
+	// Read-only after NewServer.
+	cfg       config
+	spec      *pytree.Spec // one sample
+	batchSpec *pytree.Spec // one batch: every leaf prefixed with batchSize
+	batchSize int
+	ring      *ringbuf.Ring
+	scratch   sync.Pool // *[]pytree.Array with capacity spec.NumLeaves()
+
+	// Per-slab batch trees built once over the ring memory; Sample refills
+	// and returns them, so handing out a batch allocates nothing.
+	// Consumer only (under consumeMu).
+	slabTrees  []any
+	slabLeaves [][]pytree.Array // master copies, never handed out
+	slabBoxed  [][]any          // the same leaves boxed once, for Refill
+	outLeaves  [][]pytree.Array // the slices handed out, restored each call
+
+	// consumeMu serialises Sample and the final unmap in Close.
+	consumeMu sync.Mutex
+	// writersDone is set under consumeMu once Close has seen every writer
+	// leave; from then on the ring may be unmapped.
+	writersDone bool
+	freeErr     error
+
+	// closed is set once by Close; writers load it after registering in
+	// writers, Close loads writers after setting it (see Submit).
+	closed atomic.Bool
+	// writers counts Submit calls between their closed check and the end of
+	// their copy. Close waits for zero before unmapping.
+	writers atomic.Int64
+	// pushBlocked counts Submit calls that found the ring full.
+	pushBlocked atomic.Uint64
+	// Detailed counters, written only when cfg.detailedMetrics.
+	casSuccess, casFailure, retries atomic.Uint64
+
+	startOnce atomic.Bool
+	closeOnce sync.Once
+}
+
+// NewServer returns a server for samples shaped like example, handed out in
+// batches of batchSize. It maps and faults in the whole ring now, so the
+// first batch pays no page faults.
+func NewServer(example any, batchSize int, opts ...Option) (*Server, error) {
+	cfg := defaultConfig()
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if batchSize < 1 {
+		return nil, fmt.Errorf("%w: batch size %d, must be at least 1", ErrBadConfig, batchSize)
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	spec, err := pytree.SpecOf(example)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadExample, err)
+	}
+	leafBytes := make([]int, spec.NumLeaves())
+	for j, l := range spec.Leaves() {
+		leafBytes[j] = l.NumBytes()
+	}
+	ring, err := ringbuf.New(ringbuf.Layout{BatchSize: batchSize, NumSlabs: cfg.numBuffers, LeafBytes: leafBytes})
+	if err != nil {
+		if errors.Is(err, ringbuf.ErrTooLarge) {
+			return nil, fmt.Errorf("echo: %d buffers of %d samples of %d bytes: %w",
+				cfg.numBuffers, batchSize, spec.PayloadBytes(), err)
+		}
+		return nil, fmt.Errorf("echo: ring: %w", err)
+	}
+	s := &Server{
+		cfg:       cfg,
+		spec:      spec,
+		batchSpec: spec.Batched(batchSize),
+		batchSize: batchSize,
+		ring:      ring,
+	}
+	nleaves := spec.NumLeaves()
+	s.scratch.New = func() any {
+		b := make([]pytree.Array, 0, nleaves)
+		return &b
+	}
+	for slab := range cfg.numBuffers {
+		leaves := make([]pytree.Array, nleaves)
+		for j, l := range s.batchSpec.Leaves() {
+			a, err := pytree.NewArray(l.DType, l.Shape, ring.LeafBlock(slab, j))
+			if err != nil {
+				ring.Free()
+				return nil, fmt.Errorf("echo: viewing slab %d leaf %s: %w", slab, l.Path, err)
+			}
+			leaves[j] = a
+		}
+		tree, err := s.batchSpec.Unflatten(leaves)
+		if err != nil {
+			ring.Free()
+			return nil, fmt.Errorf("echo: building batch tree: %w", err)
+		}
+		s.slabTrees = append(s.slabTrees, tree)
+		s.slabLeaves = append(s.slabLeaves, leaves)
+		s.slabBoxed = append(s.slabBoxed, pytree.Box(leaves))
+		s.outLeaves = append(s.outLeaves, append([]pytree.Array(nil), leaves...))
+	}
+	return s, nil
+}
+
+// Start starts the server's ingress workers and transports. Submit and
+// Sample work without it. A second call returns ErrStarted.
+func (s *Server) Start() error {
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	if s.startOnce.Swap(true) {
+		return ErrStarted
+	}
+	return nil
+}
+
+// Spec returns the spec of one sample, derived from the example.
+func (s *Server) Spec() *pytree.Spec { return s.spec }
+
+// BatchSize returns the number of samples per batch.
+func (s *Server) BatchSize() int { return s.batchSize }
+
+// Memory says how the ring was mapped, huge pages included.
+func (s *Server) Memory() ringbuf.MemoryInfo { return s.ring.Memory() }
+
+// Submit validates tree against the example and writes it into the next free
+// slot of the ring. A tree that does not match returns an error wrapping
+// ErrSpecMismatch and writes nothing. When the ring is full Submit waits for
+// the consumer to release a batch; Close wakes it with ErrClosed.
+//
+// Submit is safe for concurrent use. It allocates nothing.
+func (s *Server) Submit(tree any) error {
+	bufp := s.scratch.Get().(*[]pytree.Array)
+	defer s.scratch.Put(bufp)
+	leaves, err := s.spec.FlattenInto(tree, *bufp)
+	if err != nil {
+		return s.mismatch(err)
+	}
+	// Register, then check closed: Close sets closed, then waits for
+	// writers to reach zero, so either this check sees the close or Close
+	// sees this writer and waits for it to leave the ring memory.
+	s.writers.Add(1)
+	defer s.writers.Add(-1)
+	if s.closed.Load() {
+		return ErrClosed
+	}
+	blocked := false
+	for {
+		res, fails, ok := s.ring.Reserve(1)
+		if s.cfg.detailedMetrics {
+			s.casFailure.Add(uint64(fails))
+		}
+		if ok {
+			if s.cfg.detailedMetrics {
+				s.casSuccess.Add(1)
+			}
+			for j, leaf := range leaves {
+				copy(s.ring.Slot(res.Start, j), leaf.Bytes())
+			}
+			s.ring.Commit(res)
+			clear(leaves) // the pooled buffer must not keep the caller's arrays alive
+			return nil
+		}
+		if !blocked {
+			blocked = true
+			s.pushBlocked.Add(1)
+		}
+		if s.cfg.detailedMetrics {
+			s.retries.Add(1)
+		}
+		if err := s.ring.WaitSpace(); err != nil {
+			return ErrClosed
+		}
+	}
+}
+
+// mismatch turns a pytree mismatch into the server's error.
+func (s *Server) mismatch(err error) error {
+	var m *pytree.MismatchError
+	if errors.As(err, &m) {
+		path := m.Path
+		if path == "" {
+			path = "<root>"
+		}
+		return fmt.Errorf("%w: %s: %s %s, server expects %s", ErrSpecMismatch, path, m.What, m.Got, m.Want)
+	}
+	return fmt.Errorf("%w: %w", ErrSpecMismatch, err)
+}
+
+// Sample waits for the next full batch and returns it. It first ends the
+// lifetime of the batch returned by the previous call: its views may be
+// overwritten from now on. It returns an error wrapping ErrClosed once the
+// server is closed, and ctx's error if ctx is done first.
+//
+// Sample allocates nothing.
+func (s *Server) Sample(ctx context.Context) (Sample, error) {
+	s.consumeMu.Lock()
+	defer s.consumeMu.Unlock()
+	slab, err := s.ring.Next(ctx)
+	if err != nil {
+		if errors.Is(err, ringbuf.ErrClosed) {
+			s.freeIfIdle()
+			return Sample{}, fmt.Errorf("echo: sample: %w", ErrClosed)
+		}
+		return Sample{}, err
+	}
+	tree := s.slabTrees[slab]
+	if err := s.batchSpec.Refill(tree, s.slabBoxed[slab]); err != nil {
+		// The tree was built by Unflatten of this spec: a failure is a bug.
+		panic("echo: refilling a batch tree: " + err.Error())
+	}
+	out := s.outLeaves[slab]
+	copy(out, s.slabLeaves[slab])
+	return Sample{Batch: tree, Leaves: out, Info: s.info(), spec: s.batchSpec}, nil
+}
+
+// info takes the metrics snapshot. Consumer only.
+func (s *Server) info() SampleInfo {
+	st := s.ring.Stats()
+	in := SampleInfo{
+		StoreSize:            int(st.Stored),
+		PushBlockedCount:     s.pushBlocked.Load(),
+		SamplesInsertedTotal: st.Inserted,
+		NotifyCount:          st.Notifies,
+		Detailed:             s.cfg.detailedMetrics,
+	}
+	if s.cfg.detailedMetrics {
+		in.CASSuccessTotal = s.casSuccess.Load()
+		in.CASFailureTotal = s.casFailure.Load()
+		in.ReservationRetriesTotal = s.retries.Load()
+	}
+	return in
+}
+
+// BatchesOption configures Batches.
+type BatchesOption func(*batchesConfig)
+
+type batchesConfig struct{ copied bool }
+
+// Copied makes Batches yield deep copies that outlive the next step.
+func Copied() BatchesOption { return func(c *batchesConfig) { c.copied = true } }
+
+// Batches iterates over batches until the server closes or ctx is done
+// (the iteration then simply ends; call Sample to see the error). Without
+// Copied, each yielded sample is valid only until the next step. Breaking
+// out of the loop keeps the last batch valid until the next Sample.
+func (s *Server) Batches(ctx context.Context, opts ...BatchesOption) iter.Seq[Sample] {
+	var c batchesConfig
+	for _, o := range opts {
+		o(&c)
+	}
+	return func(yield func(Sample) bool) {
+		for {
+			smp, err := s.Sample(ctx)
+			if err != nil {
+				return
+			}
+			if c.copied {
+				smp = smp.Copy()
+			}
+			if !yield(smp) {
+				return
+			}
+		}
+	}
+}
+
+// ResetHistograms clears the detailed metrics' histogram window; the
+// counters keep running.
+func (s *Server) ResetHistograms() {}
+
+// Close stops the server: blocked Sample and Submit calls return ErrClosed,
+// and so does every later call. It waits for writers in flight to finish,
+// then unmaps the ring — at once if the consumer holds no batch, else when
+// the consumer next calls Sample, so that a learner still reading its last
+// batch is not pulled from under. Close is idempotent and returns the unmap
+// error, if any.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		s.closed.Store(true)
+		s.ring.Close()
+		// Writers woken by ring.Close leave within a copy's time.
+		for s.writers.Load() != 0 {
+			runtime.Gosched()
+			time.Sleep(50 * time.Microsecond)
+		}
+		s.consumeMu.Lock()
+		s.writersDone = true
+		if !s.ring.Holding() {
+			s.freeIfIdle()
+		}
+		s.consumeMu.Unlock()
+	})
+	s.consumeMu.Lock()
+	defer s.consumeMu.Unlock()
+	return s.freeErr
+}
+
+// freeIfIdle unmaps the ring once Close has drained the writers. Called
+// under consumeMu when the consumer holds no batch.
+func (s *Server) freeIfIdle() {
+	if s.writersDone {
+		if err := s.ring.Free(); err != nil && s.freeErr == nil {
+			s.freeErr = err
+		}
+	}
+}

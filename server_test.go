@@ -1,0 +1,463 @@
+package echo_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/seed-a9ef92a1/echo"
+	"github.com/seed-a9ef92a1/echo/pytree"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// numbered is a sample whose every byte derives from (producer, seq), with
+// nested dicts in unsorted key order and a tuple, so that a misplaced leaf
+// or a torn copy shows up.
+func numbered(producer, seq int) map[string]any {
+	id := []int64{int64(producer), int64(seq)}
+	payload := make([]uint8, 13)
+	for i := range payload {
+		payload[i] = byte(producer*31 + seq*7 + i)
+	}
+	return map[string]any{
+		"z_id":    pytree.MustOf(id),
+		"payload": pytree.MustOf(payload),
+		"nested": map[string]any{
+			"b": pytree.MustOf([]float32{float32(seq), float32(producer), -1}),
+			"a": pytree.Scalar(int32(seq ^ producer)),
+		},
+		"pair": pytree.Tuple{pytree.Scalar(uint16(seq)), nil},
+	}
+}
+
+func newServer(t testing.TB, batch int, opts ...echo.Option) *echo.Server {
+	t.Helper()
+	return newServerFor(t, numbered(0, 0), batch, opts...)
+}
+
+// checkBatch verifies every row of a batch against numbered and returns the
+// (producer, seq) pairs in row order.
+func checkBatch(t testing.TB, smp echo.Sample, batch int) [][2]int {
+	t.Helper()
+	tree := smp.Batch.(map[string]any)
+	ids, err := tree["z_id"].(pytree.Array).Int64()
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload, _ := tree["payload"].(pytree.Array).Uint8()
+	nested := tree["nested"].(map[string]any)
+	b, _ := nested["b"].(pytree.Array).Float32()
+	a, _ := nested["a"].(pytree.Array).Int32()
+	pair, _ := tree["pair"].(pytree.Tuple)[0].(pytree.Array).Uint16()
+	if len(ids) != 2*batch || len(payload) != 13*batch || len(b) != 3*batch || len(a) != batch || len(pair) != batch {
+		t.Fatalf("batch leaves have lengths %d %d %d %d %d for batch %d", len(ids), len(payload), len(b), len(a), len(pair), batch)
+	}
+	rows := make([][2]int, batch)
+	for i := range batch {
+		p, seq := int(ids[2*i]), int(ids[2*i+1])
+		want := numbered(p, seq)
+		wantPayload, _ := want["payload"].(pytree.Array).Uint8()
+		for k := range 13 {
+			if payload[13*i+k] != wantPayload[k] {
+				t.Fatalf("row %d (producer %d seq %d): payload byte %d is %d, want %d", i, p, seq, k, payload[13*i+k], wantPayload[k])
+			}
+		}
+		if b[3*i] != float32(seq) || b[3*i+1] != float32(p) || b[3*i+2] != -1 || a[i] != int32(seq^p) || pair[i] != uint16(seq) {
+			t.Fatalf("row %d (producer %d seq %d): nested leaves corrupted", i, p, seq)
+		}
+		rows[i] = [2]int{p, seq}
+	}
+	return rows
+}
+
+// TestConcurrentSubmitExactlyOnce has many goroutines submitting while one
+// samples, on a ring small enough to wrap thousands of times.
+func TestConcurrentSubmitExactlyOnce(t *testing.T) {
+	const producers, batch = 8, 8
+	perProducer := 4000
+	if testing.Short() {
+		perProducer = 500
+	}
+	s := newServer(t, batch, echo.WithNumBuffers(2))
+	var wg sync.WaitGroup
+	for p := range producers {
+		wg.Go(func() {
+			for seq := range perProducer {
+				if err := s.Submit(numbered(p, seq)); err != nil {
+					t.Errorf("producer %d seq %d: %v", p, seq, err)
+					return
+				}
+			}
+		})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	next := make([]int, producers)
+	batches := producers * perProducer / batch
+	var last echo.SampleInfo
+	for range batches {
+		smp, err := s.Sample(ctx)
+		if err != nil {
+			t.Fatalf("Sample: %v (next seqs %v)", err, next)
+		}
+		for _, r := range checkBatch(t, smp, batch) {
+			if r[0] < 0 || r[0] >= producers || r[1] != next[r[0]] {
+				t.Fatalf("got producer %d seq %d, want seq %d next", r[0], r[1], next[min(max(r[0], 0), producers-1)])
+			}
+			next[r[0]]++
+		}
+		last = smp.Info
+	}
+	wg.Wait()
+	for p, n := range next {
+		if n != perProducer {
+			t.Errorf("producer %d: %d samples delivered, want %d", p, n, perProducer)
+		}
+	}
+	if last.SamplesInsertedTotal != uint64(producers*perProducer) || last.NotifyCount != uint64(batches) || last.StoreSize != 0 {
+		t.Errorf("final info %+v: want %d inserted, %d notifies, 0 stored", last, producers*perProducer, batches)
+	}
+}
+
+func TestBatchShapesViewRing(t *testing.T) {
+	s := newServer(t, 4)
+	for seq := range 4 {
+		if err := s.Submit(numbered(1, seq)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	smp, err := s.Sample(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]int{"nested/a": {4}, "nested/b": {4, 3}, "pair/0": {4}, "payload": {4, 13}, "z_id": {4, 2}}
+	leaves, paths, err := pytree.Flatten(smp.Batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range paths {
+		if fmt.Sprint(leaves[i].Shape()) != fmt.Sprint(want[p]) {
+			t.Errorf("leaf %s has shape %v, want %v", p, leaves[i].Shape(), want[p])
+		}
+		if &leaves[i].Bytes()[0] != &smp.Leaves[i].Bytes()[0] {
+			t.Errorf("leaf %s: Batch and Leaves view different memory", p)
+		}
+	}
+	if got := checkBatch(t, smp, 4); got[3] != [2]int{1, 3} {
+		t.Errorf("last row %v, want producer 1 seq 3", got[3])
+	}
+	if smp.Info.SamplesInsertedTotal != 4 || smp.Info.NotifyCount != 1 {
+		t.Errorf("info %+v: want 4 inserted, 1 notify", smp.Info)
+	}
+}
+
+func TestCopyOutlivesNextSample(t *testing.T) {
+	// One-sample batches in two slabs: every batch overwrites the slab of
+	// the batch before the last.
+	s := newServer(t, 1, echo.WithNumBuffers(2))
+	if err := s.Submit(numbered(2, 0)); err != nil {
+		t.Fatal(err)
+	}
+	var kept []echo.Sample
+	for smp := range s.Batches(context.Background(), echo.Copied()) {
+		kept = append(kept, smp)
+		if len(kept) == 6 {
+			break
+		}
+		if err := s.Submit(numbered(2, len(kept))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, k := range kept {
+		if rows := checkBatch(t, k, 1); rows[0] != [2]int{2, i} {
+			t.Errorf("copied batch %d holds %v, want producer 2 seq %d", i, rows, i)
+		}
+		if &k.Leaves[0].Bytes()[0] == &kept[(i+2)%6].Leaves[0].Bytes()[0] {
+			t.Errorf("copies %d and %d share memory", i, (i+2)%6)
+		}
+	}
+}
+
+func TestRefillRestoresEditedBatch(t *testing.T) {
+	s := newServer(t, 1, echo.WithNumBuffers(2))
+	for round := range 4 {
+		if err := s.Submit(numbered(3, round)); err != nil {
+			t.Fatal(err)
+		}
+		smp, err := s.Sample(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rows := checkBatch(t, smp, 1); rows[0] != [2]int{3, round} {
+			t.Fatalf("round %d got %v", round, rows)
+		}
+		// A careless learner edits the tree it was handed.
+		tree := smp.Batch.(map[string]any)
+		delete(tree, "payload")
+		tree["extra"] = 1
+		smp.Leaves[0] = pytree.Array{}
+	}
+}
+
+func TestSpecMismatchWritesNothing(t *testing.T) {
+	s := newServer(t, 2)
+	bad := []struct {
+		name string
+		edit func(map[string]any)
+		msg  string
+	}{
+		{"shape", func(m map[string]any) { m["payload"] = pytree.MustOf(make([]uint8, 12)) }, "payload: shape [12], server expects [13]"},
+		{"dtype", func(m map[string]any) { m["z_id"] = pytree.MustOf([]float64{1, 2}) }, "z_id: dtype float64, server expects int64"},
+		{"nested shape", func(m map[string]any) { m["nested"].(map[string]any)["b"] = pytree.MustOf(make([]float32, 8), 2, 4) }, "nested/b: shape [2 4], server expects [3]"},
+		{"missing key", func(m map[string]any) { delete(m, "pair") }, "pair"},
+		{"extra key", func(m map[string]any) { m["zz"] = pytree.Scalar(int8(1)) }, "zz"},
+		{"not an array", func(m map[string]any) { m["payload"] = make([]uint8, 13) }, "payload"},
+		{"tuple as list", func(m map[string]any) { m["pair"] = []any{pytree.Scalar(uint16(1)), nil} }, "pair"},
+	}
+	for _, tc := range bad {
+		t.Run(tc.name, func(t *testing.T) {
+			m := numbered(7, 7)
+			tc.edit(m)
+			err := s.Submit(m)
+			if !errors.Is(err, echo.ErrSpecMismatch) {
+				t.Fatalf("Submit = %v, want ErrSpecMismatch", err)
+			}
+			if !strings.Contains(err.Error(), tc.msg) {
+				t.Errorf("error %q does not say %q", err, tc.msg)
+			}
+		})
+	}
+	if err := s.Submit(nil); !errors.Is(err, echo.ErrSpecMismatch) {
+		t.Errorf("Submit(nil) = %v, want ErrSpecMismatch", err)
+	}
+	// Nothing of the bad samples reached the ring: the first batch holds
+	// exactly the next two good ones.
+	for seq := range 2 {
+		if err := s.Submit(numbered(4, seq)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	smp, err := s.Sample(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rows := checkBatch(t, smp, 2); rows[0] != [2]int{4, 0} || rows[1] != [2]int{4, 1} {
+		t.Errorf("first batch %v, want producer 4 seqs 0,1", rows)
+	}
+	if smp.Info.SamplesInsertedTotal != 2 {
+		t.Errorf("%d samples inserted, want 2", smp.Info.SamplesInsertedTotal)
+	}
+}
+
+
+func TestMismatchMessageNamesPathAndValues(t *testing.T) {
+	example := map[string]any{"obs": map[string]any{"radars": pytree.MustOf(make([]float32, 40), 8, 5)}}
+	s, err := echo.NewServer(example, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	err = s.Submit(map[string]any{"obs": map[string]any{"radars": pytree.MustOf(make([]float32, 48), 8, 6)}})
+	want := "echo: spec mismatch: obs/radars: shape [8 6], server expects [8 5]"
+	if err == nil || err.Error() != want {
+		t.Fatalf("Submit error %q, want %q", err, want)
+	}
+}
+
+func TestNewServerBadInput(t *testing.T) {
+	good := numbered(0, 0)
+	for _, tc := range []struct {
+		name    string
+		example any
+		batch   int
+		opts    []echo.Option
+		want    error
+	}{
+		{"batch 0", good, 0, nil, echo.ErrBadConfig},
+		{"batch -3", good, -3, nil, echo.ErrBadConfig},
+		{"one buffer", good, 4, []echo.Option{echo.WithNumBuffers(1)}, echo.ErrBadConfig},
+		{"no drainers", good, 4, []echo.Option{echo.WithNumDrainers(0)}, echo.ErrBadConfig},
+		{"no queue", good, 4, []echo.Option{echo.WithProducerQueueSize(0)}, echo.ErrBadConfig},
+		{"no leaves", map[string]any{"a": nil, "b": []any{}}, 4, nil, echo.ErrBadExample},
+		{"nil example", nil, 4, nil, echo.ErrBadExample},
+		{"non-array leaf", map[string]any{"a": []float32{1}}, 4, nil, echo.ErrBadExample},
+		{"int leaf", map[string]any{"a": 3}, 4, nil, echo.ErrBadExample},
+		{"ring too large", map[string]any{"a": pytree.MustOf(make([]uint8, 1<<20))}, 1 << 20, nil, echo.ErrRingTooLarge},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := echo.NewServer(tc.example, tc.batch, tc.opts...)
+			if s != nil {
+				s.Close()
+			}
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("NewServer = %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestCloseWakesBlockedSample(t *testing.T) {
+	s := newServer(t, 4)
+	errc := make(chan error)
+	go func() {
+		_, err := s.Sample(context.Background())
+		errc <- err
+	}()
+	time.Sleep(20 * time.Millisecond)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-errc:
+		if !errors.Is(err, echo.ErrClosed) {
+			t.Fatalf("Sample = %v, want ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Sample still blocked 5s after Close")
+	}
+	if err := s.Submit(numbered(0, 0)); !errors.Is(err, echo.ErrClosed) {
+		t.Errorf("Submit after Close = %v, want ErrClosed", err)
+	}
+	if err := s.Start(); !errors.Is(err, echo.ErrClosed) {
+		t.Errorf("Start after Close = %v, want ErrClosed", err)
+	}
+}
+
+func TestCloseWakesSubmitOnFullRing(t *testing.T) {
+	s := newServer(t, 2, echo.WithNumBuffers(2))
+	for seq := range 4 {
+		if err := s.Submit(numbered(0, seq)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	errc := make(chan error)
+	go func() { errc <- s.Submit(numbered(0, 4)) }()
+	time.Sleep(20 * time.Millisecond)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-errc:
+		if !errors.Is(err, echo.ErrClosed) {
+			t.Fatalf("blocked Submit = %v, want ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Submit still blocked 5s after Close")
+	}
+}
+
+func TestFullRingBlocksThenResumes(t *testing.T) {
+	s := newServer(t, 2, echo.WithNumBuffers(2))
+	for seq := range 4 {
+		if err := s.Submit(numbered(0, seq)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan error)
+	go func() { done <- s.Submit(numbered(0, 4)) }()
+	select {
+	case err := <-done:
+		t.Fatalf("Submit into a full ring returned %v without waiting", err)
+	case <-time.After(20 * time.Millisecond):
+	}
+	ctx := context.Background()
+	if _, err := s.Sample(ctx); err != nil { // takes batch 0
+		t.Fatal(err)
+	}
+	smp, err := s.Sample(ctx) // releases batch 0: the blocked Submit proceeds
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if smp.Info.PushBlockedCount != 1 {
+		t.Errorf("PushBlockedCount %d, want 1", smp.Info.PushBlockedCount)
+	}
+}
+
+func TestCloseWhileHoldingBatchDefersUnmap(t *testing.T) {
+	s, err := echo.NewServer(numbered(0, 0), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Submit(numbered(5, 5)); err != nil {
+		t.Fatal(err)
+	}
+	smp, err := s.Sample(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// The learner may still finish reading its batch after Close.
+	if rows := checkBatch(t, smp, 1); rows[0] != [2]int{5, 5} {
+		t.Fatalf("batch after Close holds %v", rows)
+	}
+	if _, err := s.Sample(context.Background()); !errors.Is(err, echo.ErrClosed) {
+		t.Fatalf("Sample after Close = %v, want ErrClosed", err)
+	}
+}
+
+func TestSampleHonoursContext(t *testing.T) {
+	s := newServer(t, 4)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+	defer cancel()
+	if _, err := s.Sample(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Sample = %v, want DeadlineExceeded", err)
+	}
+}
+
+func TestStartTwice(t *testing.T) {
+	s := newServer(t, 4)
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(); !errors.Is(err, echo.ErrStarted) {
+		t.Fatalf("second Start = %v, want ErrStarted", err)
+	}
+}
+
+func TestBatchesEndsOnClose(t *testing.T) {
+	s := newServer(t, 1)
+	for seq := range 3 {
+		if err := s.Submit(numbered(6, seq)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := 0
+	for smp := range s.Batches(context.Background()) {
+		if rows := checkBatch(t, smp, 1); rows[0] != [2]int{6, n} {
+			t.Fatalf("batch %d is %v", n, rows)
+		}
+		n++
+		if n == 3 {
+			go s.Close()
+		}
+	}
+	if n != 3 {
+		t.Fatalf("iterated %d batches, want 3", n)
+	}
+}
+
+func newServerFor(t testing.TB, example any, batch int, opts ...echo.Option) *echo.Server {
+	t.Helper()
+	s, err := echo.NewServer(example, batch, opts...)
+	if err != nil {
+		t.Fatalf("NewServer: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return s
+}
