@@ -80,7 +80,7 @@ type SampleInfo struct {
 
 // Histogram summarises durations recorded since the last ResetHistograms.
 type Histogram struct {
-	Count                      uint64
-	Min, Max, Mean             time.Duration
-	P50, P90, P99              time.Duration
+	Count          uint64
+	Min, Max, Mean time.Duration
+	P50, P90, P99  time.Duration
 }

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/seed-a9ef92a1/echo/ingress"
+	"github.com/seed-a9ef92a1/echo/internal/hist"
 	"github.com/seed-a9ef92a1/echo/pytree"
 	"github.com/seed-a9ef92a1/echo/ringbuf"
 )
@@ -27,7 +29,8 @@ type Server struct {
 	batchSpec *pytree.Spec // one batch: every leaf prefixed with batchSize
 	batchSize int
 	ring      *ringbuf.Ring
-	scratch   sync.Pool // *[]pytree.Array with capacity spec.NumLeaves()
+	pool      *ingress.Pool // ingress workers draining producers
+	scratch   sync.Pool     // *[]pytree.Array with capacity spec.NumLeaves()
 
 	// Per-slab batch trees built once over the ring memory; Sample refills
 	// and returns them, so handing out a batch allocates nothing.
@@ -57,11 +60,13 @@ type Server struct {
 
 	startOnce atomic.Bool
 	closeOnce sync.Once
+	closeErr  error // the ingress pool's, set inside closeOnce
 }
 
 // NewServer returns a server for samples shaped like example, handed out in
 // batches of batchSize. It maps and faults in the whole ring now, so the
-// first batch pays no page faults.
+// first batch pays no page faults, and starts the ingress workers that
+// drain producers (they park until a producer sends).
 func NewServer(example any, batchSize int, opts ...Option) (*Server, error) {
 	cfg := defaultConfig()
 	for _, o := range opts {
@@ -121,11 +126,18 @@ func NewServer(example any, batchSize int, opts ...Option) (*Server, error) {
 		s.slabBoxed = append(s.slabBoxed, pytree.Box(leaves))
 		s.outLeaves = append(s.outLeaves, append([]pytree.Array(nil), leaves...))
 	}
+	s.pool, err = ingress.NewPool(ingress.Config{
+		Ring: ring, LeafBytes: leafBytes, Workers: cfg.numDrainers, Detailed: cfg.detailedMetrics,
+	})
+	if err != nil {
+		ring.Free()
+		return nil, fmt.Errorf("echo: ingress workers: %w", err)
+	}
 	return s, nil
 }
 
-// Start starts the server's ingress workers and transports. Submit and
-// Sample work without it. A second call returns ErrStarted.
+// Start starts the server's transports. Submit, producers and Sample work
+// without it. A second call returns ErrStarted.
 func (s *Server) Start() error {
 	if s.closed.Load() {
 		return ErrClosed
@@ -158,6 +170,15 @@ func (s *Server) Submit(tree any) error {
 	if err != nil {
 		return s.mismatch(err)
 	}
+	err = s.write(leaves)
+	clear(leaves) // the pooled buffer must not keep the caller's arrays alive
+	return err
+}
+
+// write claims one slot with a CAS on the ring's cursor and copies leaves
+// into it: the one-copy path of Submit and of producers of large samples.
+// It waits while the ring is full.
+func (s *Server) write(leaves []pytree.Array) error {
 	// Register, then check closed: Close sets closed, then waits for
 	// writers to reach zero, so either this check sees the close or Close
 	// sees this writer and waits for it to leave the ring memory.
@@ -180,7 +201,6 @@ func (s *Server) Submit(tree any) error {
 				copy(s.ring.Slot(res.Start, j), leaf.Bytes())
 			}
 			s.ring.Commit(res)
-			clear(leaves) // the pooled buffer must not keep the caller's arrays alive
 			return nil
 		}
 		if !blocked {
@@ -236,22 +256,36 @@ func (s *Server) Sample(ctx context.Context) (Sample, error) {
 	return Sample{Batch: tree, Leaves: out, Info: s.info(), spec: s.batchSpec}, nil
 }
 
-// info takes the metrics snapshot. Consumer only.
+// info takes the metrics snapshot. Consumer only; allocates nothing.
 func (s *Server) info() SampleInfo {
 	st := s.ring.Stats()
+	ps := s.pool.Stats()
 	in := SampleInfo{
 		StoreSize:            int(st.Stored),
-		PushBlockedCount:     s.pushBlocked.Load(),
+		QueueDepthSum:        ps.QueueDepthSum,
+		QueueDepthMax:        ps.QueueDepthMax,
+		PushBlockedCount:     s.pushBlocked.Load() + ps.PushBlocked,
 		SamplesInsertedTotal: st.Inserted,
 		NotifyCount:          st.Notifies,
 		Detailed:             s.cfg.detailedMetrics,
 	}
 	if s.cfg.detailedMetrics {
-		in.CASSuccessTotal = s.casSuccess.Load()
-		in.CASFailureTotal = s.casFailure.Load()
-		in.ReservationRetriesTotal = s.retries.Load()
+		in.CASSuccessTotal = s.casSuccess.Load() + ps.CASSuccess
+		in.CASFailureTotal = s.casFailure.Load() + ps.CASFailure
+		in.ReservationRetriesTotal = s.retries.Load() + ps.ReservationRetries
+		in.DrainRound = histogram(ps.DrainRound)
+		in.Memcpy = histogram(ps.Memcpy)
+		in.QueueDwell = histogram(ps.QueueDwell)
 	}
 	return in
+}
+
+func histogram(h hist.Summary) Histogram {
+	return Histogram{
+		Count: h.Count,
+		Min:   time.Duration(h.Min), Max: time.Duration(h.Max), Mean: time.Duration(h.Mean),
+		P50: time.Duration(h.P50), P90: time.Duration(h.P90), P99: time.Duration(h.P99),
+	}
 }
 
 // BatchesOption configures Batches.
@@ -289,7 +323,7 @@ func (s *Server) Batches(ctx context.Context, opts ...BatchesOption) iter.Seq[Sa
 
 // ResetHistograms clears the detailed metrics' histogram window; the
 // counters keep running.
-func (s *Server) ResetHistograms() {}
+func (s *Server) ResetHistograms() { s.pool.ResetHistograms() }
 
 // Close stops the server: blocked Sample and Submit calls return ErrClosed,
 // and so does every later call. It waits for writers in flight to finish,
@@ -300,7 +334,8 @@ func (s *Server) ResetHistograms() {}
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)
-		s.ring.Close()
+		s.ring.Close() // wakes the consumer and every writer waiting for space
+		s.closeErr = s.pool.Close()
 		// Writers woken by ring.Close leave within a copy's time.
 		for s.writers.Load() != 0 {
 			runtime.Gosched()
@@ -315,7 +350,7 @@ func (s *Server) Close() error {
 	})
 	s.consumeMu.Lock()
 	defer s.consumeMu.Unlock()
-	return s.freeErr
+	return errors.Join(s.closeErr, s.freeErr)
 }
 
 // freeIfIdle unmaps the ring once Close has drained the writers. Called

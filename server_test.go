@@ -256,7 +256,6 @@ func TestSpecMismatchWritesNothing(t *testing.T) {
 	}
 }
 
-
 func TestMismatchMessageNamesPathAndValues(t *testing.T) {
 	example := map[string]any{"obs": map[string]any{"radars": pytree.MustOf(make([]float32, 40), 8, 5)}}
 	s, err := echo.NewServer(example, 4)

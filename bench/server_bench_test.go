@@ -63,10 +63,10 @@ func BenchmarkCopyCeiling(b *testing.B) {
 // copier copies a sample's leaves into slab-shaped Go memory, the same
 // bytes and layout the ring receives, with none of the ring's bookkeeping.
 type copier struct {
-	leaves [][]byte
-	slabs  [][][]byte // slab, leaf -> block
+	leaves    [][]byte
+	slabs     [][][]byte // slab, leaf -> block
 	batchSize int
-	next   int
+	next      int
 }
 
 func newCopier(w bench.Workload) *copier {

@@ -1,0 +1,124 @@
+package ingress
+
+import (
+	"runtime"
+	"sync/atomic"
+
+	"github.com/seed-a9ef92a1/echo/spsc"
+)
+
+// spinRounds is how many times Acquire yields before it parks: long enough
+// to ride out a worker's round on a busy machine, short enough that a
+// producer facing a full ring stops burning a core within microseconds.
+const spinRounds = 64
+
+// producerSpins is how many times Acquire yields before parking. Fewer
+// than a worker: many producers yielding would starve the workers they
+// wait for.
+const producerSpins = 4
+
+// Buffer carries one sample's bytes from a producer to the ring.
+type Buffer struct {
+	// Data is the sample: its leaves' bytes concatenated in flatten order.
+	Data []byte
+	// enqueued is the time of Publish in ns since the pool's epoch, set only
+	// with detailed metrics. Written by the producer before the push that
+	// publishes the buffer; read by the worker after popping it.
+	enqueued int64
+	owner    *Queue
+}
+
+// Queue is one in-process producer's pipe into its worker: filled buffers
+// travel to the worker on one SPSC queue, emptied ones come back on another.
+// Acquire, Publish and Close are for the one producer goroutine; everything
+// else is the worker's.
+type Queue struct {
+	filled *spsc.Queue[*Buffer] // producer pushes, worker pops
+	free   *spsc.Queue[*Buffer] // worker pushes, producer pops
+	worker *Worker
+	pool   *Pool
+
+	// closed is set by the producer's Close after its last Publish; the
+	// worker prunes the queue once it is set and filled is empty.
+	closed atomic.Bool
+	// waiting is set by a producer about to park in Acquire, before its
+	// last look at free; the worker clears it (CAS) after pushing to free
+	// and then sends on wake, so a wake-up is never lost.
+	waiting atomic.Bool
+	wake    chan struct{} // capacity 1
+	// blocked counts Acquire calls that found no free buffer. Producer
+	// writes, snapshots read.
+	blocked atomic.Uint64
+}
+
+// Acquire returns an empty buffer for the next sample, waiting while all of
+// them are queued or being copied (spinning briefly, then parking). It
+// returns ErrClosed once the pool is closed.
+func (q *Queue) Acquire() (*Buffer, error) {
+	if b, ok := q.free.Pop(); ok {
+		return b, nil
+	}
+	q.blocked.Add(1)
+	for range producerSpins {
+		if q.pool.closed.Load() {
+			return nil, ErrClosed
+		}
+		runtime.Gosched()
+		if b, ok := q.free.Pop(); ok {
+			return b, nil
+		}
+	}
+	for {
+		q.waiting.Store(true)
+		// Last look after announcing: either it sees the worker's push, or
+		// the worker sees waiting and sends a wake-up.
+		if b, ok := q.free.Pop(); ok {
+			q.waiting.Store(false)
+			return b, nil
+		}
+		select {
+		case <-q.wake:
+		case <-q.pool.done:
+			return nil, ErrClosed
+		}
+		if b, ok := q.free.Pop(); ok {
+			return b, nil
+		}
+	}
+}
+
+// Publish hands a filled buffer to the worker. It cannot fail: a queue
+// has room for every buffer its producer owns.
+func (q *Queue) Publish(b *Buffer) {
+	if q.pool.detailed {
+		b.enqueued = q.pool.now()
+	}
+	if !q.filled.Push(b) {
+		panic("ingress: queue full with a buffer in hand")
+	}
+	q.worker.wake()
+}
+
+// Close tells the worker that no more samples come; those already published
+// are still delivered. Producer only, once.
+func (q *Queue) Close() {
+	q.closed.Store(true)
+	q.worker.wake()
+}
+
+// Len returns the number of samples waiting in the queue.
+func (q *Queue) Len() int { return q.filled.Len() }
+
+// recycle gives an emptied buffer back to its producer. Worker only.
+func (q *Queue) recycle(b *Buffer) {
+	b.enqueued = 0
+	if !q.free.Push(b) {
+		panic("ingress: free list overflow")
+	}
+	if q.waiting.Load() && q.waiting.CompareAndSwap(true, false) {
+		select {
+		case q.wake <- struct{}{}:
+		default:
+		}
+	}
+}

@@ -1,0 +1,112 @@
+package echo
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/seed-a9ef92a1/echo/ingress"
+	"github.com/seed-a9ef92a1/echo/pytree"
+)
+
+// ErrProducerClosed is returned by Send after the producer's Close.
+var ErrProducerClosed = errors.New("echo: producer closed")
+
+// Producer is one goroutine's own path into a server. It takes one of two
+// routes, chosen once by sample size (WithDirectProducerBytes):
+//
+//   - Queued (samples under the threshold, 8 KiB by default): Send copies
+//     the sample into one of WithProducerQueueSize recycled buffers and
+//     pushes it on the producer's lock-free SPSC queue; an ingress worker
+//     drains many queues per round and claims slots for all of them with as
+//     few CASes as the batch boundaries allow. Producers never contend with
+//     each other, and the per-sample cost is a copy of a few bytes.
+//   - Direct (larger samples): Send claims a slot with one CAS and copies
+//     the sample straight into the ring, as Submit does. A second copy of a
+//     large sample costs more than a contended CAS ever does, so the queue
+//     would only halve the bandwidth (see the README's producer table).
+//
+// A Producer is for one goroutine: Send and Close must not be called
+// concurrently. Samples from one producer reach batches in the order sent.
+type Producer struct {
+	srv    *Server
+	q      *ingress.Queue // nil on the direct route
+	leaves []pytree.Array // Send's scratch
+	closed bool
+}
+
+// NewProducer returns a new producer. It fails with ErrClosed once the
+// server is closed.
+func (s *Server) NewProducer() (*Producer, error) {
+	leaves := make([]pytree.Array, 0, s.spec.NumLeaves())
+	if s.directProducers() {
+		if s.closed.Load() {
+			return nil, fmt.Errorf("echo: new producer: %w", ErrClosed)
+		}
+		return &Producer{srv: s, leaves: leaves}, nil
+	}
+	q, err := s.pool.NewQueue(s.cfg.producerQueueSize)
+	if err != nil {
+		if errors.Is(err, ingress.ErrClosed) {
+			return nil, fmt.Errorf("echo: new producer: %w", ErrClosed)
+		}
+		return nil, fmt.Errorf("echo: new producer: %w", err)
+	}
+	return &Producer{srv: s, q: q, leaves: leaves}, nil
+}
+
+// directProducers reports whether producers take the direct route.
+func (s *Server) directProducers() bool {
+	return s.cfg.directProducerBytes >= 0 && s.spec.PayloadBytes() >= s.cfg.directProducerBytes
+}
+
+// Send validates tree against the server's example and hands it on: on
+// the queued route it copies it into one of the producer's buffers and
+// returns before the sample reaches the ring; on the direct route it
+// copies it into a ring slot. A tree that does not match returns an error
+// wrapping ErrSpecMismatch and sends nothing. When all the producer's
+// buffers are queued (or the ring is full, on the direct route), Send waits
+// without burning a core and counts a PushBlockedCount; Close of the server
+// wakes it with ErrClosed.
+//
+// Send allocates nothing.
+func (p *Producer) Send(tree any) error {
+	if p.closed {
+		return ErrProducerClosed
+	}
+	leaves, err := p.srv.spec.FlattenInto(tree, p.leaves)
+	if err != nil {
+		return p.srv.mismatch(err)
+	}
+	if p.q == nil {
+		err := p.srv.write(leaves)
+		clear(leaves)
+		if err != nil {
+			return fmt.Errorf("echo: send: %w", err)
+		}
+		return nil
+	}
+	buf, err := p.q.Acquire()
+	if err != nil {
+		clear(leaves)
+		return fmt.Errorf("echo: send: %w", ErrClosed)
+	}
+	off := 0
+	for _, l := range leaves {
+		off += copy(buf.Data[off:], l.Bytes())
+	}
+	clear(leaves) // keep none of the caller's arrays alive
+	p.q.Publish(buf)
+	return nil
+}
+
+// Close ends the producer. Samples already sent are still delivered; Send
+// returns ErrProducerClosed from now on. Close is idempotent.
+func (p *Producer) Close() error {
+	if !p.closed {
+		p.closed = true
+		if p.q != nil {
+			p.q.Close()
+		}
+	}
+	return nil
+}
