@@ -27,6 +27,7 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
+	"reflect"
 	"sync/atomic"
 	"unsafe"
 )
@@ -78,7 +79,13 @@ type Queue[T any] struct {
 	// mask is len(slots)-1. Written once by New; read by both sides.
 	mask uint64
 
-	_ [cacheLinePad - unsafe.Sizeof([]byte(nil)) - 8]byte
+	// clears is whether popped slots must be reset to the zero value: only
+	// when T holds pointers, which the queue must not keep reachable. For
+	// other types the store would only pull the slot's cache line back
+	// to the consumer's core. Written once by New.
+	clears bool
+
+	_ [cacheLinePad - unsafe.Sizeof([]byte(nil)) - 16]byte
 
 	// --- group 1 (bytes 128..255): written only by the consumer ---
 
@@ -123,9 +130,31 @@ func New[T any](capacity int) (*Queue[T], error) {
 	}
 	n := max(minCapacity, int(1)<<bits.Len(uint(capacity-1)))
 	return &Queue[T]{
-		slots: make([]T, n),
-		mask:  uint64(n - 1),
+		slots:  make([]T, n),
+		mask:   uint64(n - 1),
+		clears: hasPointers(reflect.TypeFor[T]()),
 	}, nil
+}
+
+// hasPointers reports whether values of t contain pointers the garbage
+// collector follows.
+func hasPointers(t reflect.Type) bool {
+	switch t.Kind() {
+	case reflect.Bool, reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64, reflect.Uintptr,
+		reflect.Float32, reflect.Float64, reflect.Complex64, reflect.Complex128:
+		return false
+	case reflect.Array:
+		return t.Len() > 0 && hasPointers(t.Elem())
+	case reflect.Struct:
+		for i := range t.NumField() {
+			if hasPointers(t.Field(i).Type) {
+				return true
+			}
+		}
+		return false
+	}
+	return true
 }
 
 // Cap returns the number of items the queue can hold. It may be called
@@ -250,7 +279,9 @@ func (q *Queue[T]) Pop() (T, bool) {
 	}
 	slot := &q.slots[head&q.mask]
 	v := *slot
-	*slot = zero
+	if q.clears {
+		*slot = zero
+	}
 	// Hand the (now cleared) slot back to the producer. The read and
 	// the clear above happen before this store, so the producer's next
 	// write to the slot cannot race with them.
@@ -287,8 +318,10 @@ func (q *Queue[T]) PopN(dst []T) int {
 	start := int(head & q.mask)
 	first := copy(dst[:n], q.slots[start:])
 	copy(dst[first:n], q.slots)
-	clear(q.slots[start : start+first])
-	clear(q.slots[:n-first])
+	if q.clears {
+		clear(q.slots[start : start+first])
+		clear(q.slots[:n-first])
+	}
 	// Hand all n cleared slots back to the producer at once.
 	q.head.Store(head + uint64(n))
 	return n

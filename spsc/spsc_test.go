@@ -475,9 +475,12 @@ func assertInts(t *testing.T, got, want []int) {
 }
 
 // assertAllZero checks that every slot of an empty queue holds the
-// zero value.
+// zero value, for element types the queue clears (those with pointers).
 func assertAllZero[T comparable](t *testing.T, q *Queue[T]) {
 	t.Helper()
+	if !q.clears {
+		return
+	}
 	var zero T
 	for i, v := range q.slots {
 		if v != zero {
@@ -490,6 +493,9 @@ func assertAllZero[T comparable](t *testing.T, q *Queue[T]) {
 // the zero value.
 func assertFreeSlotsZero[T comparable](t *testing.T, q *Queue[T]) {
 	t.Helper()
+	if !q.clears {
+		return
+	}
 	var zero T
 	head, tail := q.head.Load(), q.tail.Load()
 	for c := tail; c != head+uint64(len(q.slots)); c++ {
@@ -497,4 +503,53 @@ func assertFreeSlotsZero[T comparable](t *testing.T, q *Queue[T]) {
 			t.Fatalf("free slot %d (cursor %d) holds %v, want zero value", c&q.mask, c, v)
 		}
 	}
+}
+
+func TestClearsOnlyPointerTypes(t *testing.T) {
+	type plain struct {
+		a [4]int32
+		b float64
+	}
+	type withPtr struct {
+		a int
+		p *int
+	}
+	cases := []struct {
+		name  string
+		clear bool
+		got   bool
+	}{
+		{"uint64", false, mustNew[uint64](t).clears},
+		{"plain struct", false, mustNew[plain](t).clears},
+		{"*int", true, mustNew[*int](t).clears},
+		{"string", true, mustNew[string](t).clears},
+		{"struct with pointer", true, mustNew[withPtr](t).clears},
+		{"[]byte", true, mustNew[[]byte](t).clears},
+		{"[2]*int", true, mustNew[[2]*int](t).clears},
+		{"[0]*int", false, mustNew[[0]*int](t).clears},
+	}
+	for _, c := range cases {
+		if c.got != c.clear {
+			t.Errorf("%s: clears = %v, want %v", c.name, c.got, c.clear)
+		}
+	}
+	// A pointer queue really drops its references.
+	q := mustNew[*int](t)
+	x := 7
+	q.Push(&x)
+	q.Pop()
+	for i, v := range q.slots {
+		if v != nil {
+			t.Fatalf("slot %d still holds a pointer after Pop", i)
+		}
+	}
+}
+
+func mustNew[T any](t *testing.T) *Queue[T] {
+	t.Helper()
+	q, err := New[T](4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return q
 }
