@@ -12,8 +12,9 @@
 //
 // The arrays of a [Sample] view ring memory that the server reuses: they are
 // valid until the next call of [Server.Sample] (or the next step of a
-// [Server.Batches] loop) and until [Server.Close]. Use [Sample.Copy], or
-// Batches with [Copied], to keep a batch longer.
+// [Server.Batches] loop). [Server.Close] leaves a batch the learner still
+// holds mapped until its next Sample, which returns ErrClosed and unmaps the
+// ring. Use [Sample.Copy], or Batches with [Copied], to keep a batch longer.
 //
 // The hot path lives in three files: ringbuf/ring.go (slot claims, commits,
 // batch hand-off), server.go (Submit, Sample) and pytree/spec.go (validation

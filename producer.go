@@ -75,6 +75,7 @@ func (p *Producer) Send(tree any) error {
 	}
 	leaves, err := p.srv.spec.FlattenInto(tree, p.leaves)
 	if err != nil {
+		clear(p.leaves[:cap(p.leaves)]) // drop what the failed walk collected
 		return p.srv.mismatch(err)
 	}
 	if p.q == nil {

@@ -9,8 +9,9 @@ import (
 // Sample is one batch and the metrics taken when it was handed out.
 //
 // Batch and Leaves view the server's ring memory: they are valid until the
-// next Sample call on the same server (or the next step of a Batches loop)
-// and until Close. Copy them, with Copy, to keep them longer. The server owns
+// next Sample call on the same server (or the next step of a Batches loop).
+// Close does not unmap a batch the consumer still holds; the next Sample
+// (which returns ErrClosed) does. Copy them, with Copy, to keep them longer. The server owns
 // the tree and the Leaves slice too and restores them on every call, so a
 // caller that edits them only spoils its own current view.
 type Sample struct {
@@ -52,8 +53,9 @@ type SampleInfo struct {
 	QueueDepthSum int
 	// QueueDepthMax is the deepest single producer queue.
 	QueueDepthMax int
-	// PushBlockedCount counts the times a sample could not be written
-	// because the ring was full.
+	// PushBlockedCount counts the times a sample had to wait: a Submit or
+	// direct producer that found the ring full, a queued producer that
+	// found all its buffers queued, a worker that found the ring full.
 	PushBlockedCount uint64
 	// SamplesInsertedTotal counts samples written to the ring since start.
 	SamplesInsertedTotal uint64

@@ -168,6 +168,7 @@ func (s *Server) Submit(tree any) error {
 	defer s.scratch.Put(bufp)
 	leaves, err := s.spec.FlattenInto(tree, *bufp)
 	if err != nil {
+		clear((*bufp)[:cap(*bufp)]) // drop what the failed walk collected
 		return s.mismatch(err)
 	}
 	err = s.write(leaves)
@@ -190,7 +191,7 @@ func (s *Server) write(leaves []pytree.Array) error {
 	blocked := false
 	for {
 		res, fails, ok := s.ring.Reserve(1)
-		if s.cfg.detailedMetrics {
+		if s.cfg.detailedMetrics && fails > 0 {
 			s.casFailure.Add(uint64(fails))
 		}
 		if ok {

@@ -25,13 +25,33 @@ func BenchmarkProducers(b *testing.B) {
 	}
 }
 
-// BenchmarkDetailedMetrics shows the cost of WithDetailedMetrics: the same
-// 4-producer W1 run with it off and on.
+// BenchmarkDetailedMetrics shows the cost of WithDetailedMetrics on the
+// per-sample path with the least noise: one goroutine's Submit calls and
+// the Samples that take them, W1, with the metrics off and on.
 func BenchmarkDetailedMetrics(b *testing.B) {
 	w := bench.Workloads()[0]
 	for _, on := range []bool{false, true} {
-		b.Run(fmt.Sprintf("W1/4/detailed=%v", on), func(b *testing.B) {
-			benchProducers(b, w, 4, echo.WithDetailedMetrics(on))
+		b.Run(fmt.Sprintf("W1/detailed=%v", on), func(b *testing.B) {
+			sample := w.MustSample(1)
+			s, err := echo.NewServer(sample, w.BatchSize, echo.WithDetailedMetrics(on))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close()
+			ctx := context.Background()
+			b.SetBytes(int64(w.BatchSize * w.PayloadBytes))
+			b.ReportAllocs()
+			for b.Loop() {
+				for range w.BatchSize {
+					if err := s.Submit(sample); err != nil {
+						b.Fatal(err)
+					}
+				}
+				if _, err := s.Sample(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+			reportRates(b, w, float64(b.N*w.BatchSize))
 		})
 	}
 }

@@ -15,6 +15,7 @@ package ingress
 import (
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -128,14 +129,17 @@ func (p *Pool) NewQueue(depth int) (*Queue, error) {
 	}
 	q := &Queue{filled: filled, free: free, pool: p, wake: make(chan struct{}, 1)}
 	// One slab of depth·payload bytes for all the queue's buffers.
+	if p.payload > 0 && depth > math.MaxInt/p.payload {
+		return nil, fmt.Errorf("ingress: %d buffers of %d bytes overflow", depth, p.payload)
+	}
 	mem := make([]byte, depth*p.payload)
 	for i := range depth {
 		free.Push(&Buffer{Data: mem[i*p.payload : (i+1)*p.payload : (i+1)*p.payload], owner: q})
 	}
 
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	if p.closed.Load() {
+		p.mu.Unlock()
 		return nil, ErrClosed
 	}
 	w := p.workers[0]
@@ -151,7 +155,8 @@ func (p *Pool) NewQueue(depth int) (*Queue, error) {
 	w.adopt = append(w.adopt, q)
 	w.hasAdopt.Store(true)
 	w.adoptMu.Unlock()
-	w.wake()
+	p.mu.Unlock()
+	w.wake() // outside p.mu: a failing wake calls fail, which takes it
 	return q, nil
 }
 
@@ -179,8 +184,8 @@ func (p *Pool) fail(err error) {
 }
 
 // Close stops the workers and wakes every producer waiting in Acquire.
-// The ring must be closed too (before or after) so that a worker waiting
-// for ring space returns. Close waits for the workers to exit, closes
+// The ring must be closed first, so that a worker waiting for ring space
+// returns. Close waits for the workers to exit, closes
 // their file descriptors and returns the first error any of them hit.
 func (p *Pool) Close() error {
 	if p.closed.Swap(true) {

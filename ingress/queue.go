@@ -55,6 +55,10 @@ type Queue struct {
 // them are queued or being copied (spinning briefly, then parking). It
 // returns ErrClosed once the pool is closed.
 func (q *Queue) Acquire() (*Buffer, error) {
+	// A closed pool drains nothing: refuse even while buffers are free.
+	if q.pool.closed.Load() {
+		return nil, ErrClosed
+	}
 	if b, ok := q.free.Pop(); ok {
 		return b, nil
 	}

@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -40,6 +41,11 @@ type Worker struct {
 	parked atomic.Bool
 	_      [120]byte
 
+	// fdMu keeps the eventfd open while a waker writes to it: signal holds
+	// it shared, closeFDs exclusively (and then sets efd to -1), so a
+	// wake that lost the race with Close never writes to a reused fd.
+	fdMu sync.RWMutex
+
 	// adoptMu guards adopt, the queues handed to this worker and not yet
 	// picked up; hasAdopt says (lock-free) that there are some.
 	adoptMu  sync.Mutex
@@ -70,9 +76,13 @@ func newWorker(p *Pool) (*Worker, error) {
 }
 
 func (w *Worker) closeFDs() error {
-	return errors.Join(
+	w.fdMu.Lock()
+	defer w.fdMu.Unlock()
+	err := errors.Join(
 		wrapSyscall("close eventfd", unix.Close(w.efd)),
 		wrapSyscall("close epoll", unix.Close(w.epfd)))
+	w.efd, w.epfd = -1, -1
+	return err
 }
 
 // wake makes sure a parked worker runs again. Any goroutine may call it.
@@ -85,6 +95,11 @@ func (w *Worker) wake() {
 // signal writes the eventfd. EAGAIN means the counter is saturated, which
 // already guarantees a wake-up.
 func (w *Worker) signal() {
+	w.fdMu.RLock()
+	defer w.fdMu.RUnlock()
+	if w.efd < 0 {
+		return // the pool is closed: nobody to wake
+	}
 	one := uint64(1)
 	_, err := unix.Write(w.efd, (*[8]byte)(unsafe.Pointer(&one))[:])
 	if err != nil && err != unix.EAGAIN {
@@ -110,8 +125,11 @@ func (w *Worker) run() {
 		}
 		idle = 0
 		if err := w.park(); err != nil {
+			// epoll_wait failing means a broken fd, which the pool
+			// reports at Close. Until then poll, so that no queue of
+			// this worker's is stranded.
 			w.pool.fail(err)
-			return
+			time.Sleep(time.Millisecond)
 		}
 	}
 }
@@ -185,7 +203,7 @@ func (w *Worker) insert(bufs []*Buffer) error {
 	blocked := false
 	for len(bufs) > 0 {
 		res, fails, ok := ring.Reserve(len(bufs))
-		if detailed {
+		if detailed && fails > 0 {
 			w.casFailure.Add(uint64(fails))
 		}
 		if !ok {

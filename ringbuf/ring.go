@@ -184,9 +184,13 @@ func New(l Layout) (*Ring, error) {
 	if hi != 0 || total > maxRingBytes || total > math.MaxInt {
 		return nil, fmt.Errorf("%w: %d slabs of %d bytes", ErrTooLarge, l.NumSlabs, off)
 	}
+	hi, capacity := bits.Mul64(r.batch, r.numSlabs)
+	if hi != 0 || capacity > math.MaxInt {
+		return nil, fmt.Errorf("%w: %d slabs of %d samples", ErrTooLarge, l.NumSlabs, l.BatchSize)
+	}
 	r.slabBytes = int(off)
 	r.slabs = make([]slabState, l.NumSlabs)
-	r.capacity = r.batch * r.numSlabs
+	r.capacity = capacity
 
 	mem, info, err := mapRing(int(alignUp(total, hugePageSize)))
 	if err != nil {
@@ -355,8 +359,8 @@ type Stats struct {
 	Batches uint64
 }
 
-// Stats returns a snapshot of the counters. It is exact when called by the
-// consumer between calls of Next; from elsewhere it is a racy estimate.
+// Stats returns a snapshot of the counters. Consumer only (it reads the
+// consumer's state), between calls of Next.
 func (r *Ring) Stats() Stats {
 	st := Stats{Notifies: r.notifies.Load(), Batches: r.next}
 	held := uint64(math.MaxUint64)
