@@ -24,10 +24,15 @@ func Example() {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		prod, err := srv.NewProducer()
+		if err != nil {
+			return
+		}
+		defer prod.Close()
 		obs := make([]float32, 8)
 		for step := 0; ; step++ {
 			obs[0] = float32(step)
-			err := srv.Submit(map[string]any{
+			err := prod.Send(map[string]any{
 				"obs":    pytree.MustOf(obs),
 				"reward": pytree.Scalar(float32(1)),
 				"done":   pytree.Scalar(uint8(0)),

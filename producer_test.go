@@ -274,3 +274,26 @@ func TestParkedWorkerIsWoken(t *testing.T) {
 		}
 	}
 }
+
+// TestSendAfterServerCloseFails checks both routes refuse a Send after the
+// server closed, even with free buffers in hand.
+func TestSendAfterServerCloseFails(t *testing.T) {
+	for _, route := range routes {
+		t.Run(route.name, func(t *testing.T) {
+			s, err := echo.NewServer(numbered(0, 0), 4, route.opt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			prod, err := s.NewProducer()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if err := prod.Send(numbered(0, 0)); !errors.Is(err, echo.ErrClosed) {
+				t.Fatalf("Send after server Close = %v, want ErrClosed", err)
+			}
+		})
+	}
+}

@@ -38,6 +38,7 @@ func TestLayoutErrors(t *testing.T) {
 		{"negative leaf", Layout{BatchSize: 4, NumSlabs: 2, LeafBytes: []int{-1}}, ErrLayout},
 		{"overflowing block", Layout{BatchSize: math.MaxInt, NumSlabs: 2, LeafBytes: []int{math.MaxInt}}, ErrTooLarge},
 		{"overflowing ring", Layout{BatchSize: 1 << 20, NumSlabs: 1 << 30, LeafBytes: []int{1 << 10}}, ErrTooLarge},
+		{"overflowing capacity", Layout{BatchSize: 1 << 62, NumSlabs: 4, LeafBytes: []int{0}}, ErrTooLarge},
 		{"more than memory", Layout{BatchSize: 1 << 20, NumSlabs: 2, LeafBytes: []int{1 << 24}}, ErrTooLarge},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

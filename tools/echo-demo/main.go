@@ -1,5 +1,6 @@
-// Command echo-demo runs a learner fed by producer goroutines for a few
-// seconds and prints its throughput and the last batch's metrics.
+// Command echo-demo runs a learner fed by producer goroutines (each with its
+// own echo.Producer) for a few seconds and prints its throughput and the
+// last batch's metrics.
 //
 //	go run ./tools/echo-demo                     # W2 (Atari frames), 4 producers, 3 s
 //	go run ./tools/echo-demo -workload W3 -producers 8 -duration 10s
@@ -69,9 +70,14 @@ func run(name string, producers int, duration time.Duration, batch int) error {
 		if err != nil {
 			return err
 		}
+		prod, err := srv.NewProducer()
+		if err != nil {
+			return err
+		}
 		wg.Go(func() {
+			defer prod.Close()
 			for {
-				if err := srv.Submit(sample); err != nil {
+				if err := prod.Send(sample); err != nil {
 					if !errors.Is(err, echo.ErrClosed) {
 						submitErr.Store(&err)
 					}
@@ -108,7 +114,8 @@ func run(name string, producers int, duration time.Duration, batch int) error {
 	samples := float64(batches * batch)
 	fmt.Printf("\n%d batches, %.0f samples in %.2fs: %.0f samples/s, %.2f GB/s\n",
 		batches, samples, elapsed.Seconds(), samples/elapsed.Seconds(), samples*float64(w.PayloadBytes)/elapsed.Seconds()/1e9)
-	fmt.Printf("last SampleInfo:\n  store %d, inserted %d, notifies %d, push blocked %d\n",
-		last.StoreSize, last.SamplesInsertedTotal, last.NotifyCount, last.PushBlockedCount)
+	fmt.Printf("last SampleInfo:\n  store %d, inserted %d, notifies %d, push blocked %d, queued %d (deepest %d)\n",
+		last.StoreSize, last.SamplesInsertedTotal, last.NotifyCount, last.PushBlockedCount,
+		last.QueueDepthSum, last.QueueDepthMax)
 	return nil
 }
