@@ -297,3 +297,44 @@ func TestSendAfterServerCloseFails(t *testing.T) {
 		})
 	}
 }
+
+// TestResetHistogramsClearsOnlyTheWindow checks that ResetHistograms empties
+// the histograms while the counters keep running.
+func TestResetHistogramsClearsOnlyTheWindow(t *testing.T) {
+	const batch = 8
+	s := newServer(t, batch, echo.WithDetailedMetrics(true), echo.WithDirectProducerBytes(-1))
+	prod, err := s.NewProducer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prod.Close()
+	ctx := context.Background()
+	send := func(from int) echo.SampleInfo {
+		t.Helper()
+		for seq := from; seq < from+batch; seq++ {
+			if err := prod.Send(numbered(1, seq)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		smp, err := s.Sample(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return smp.Info
+	}
+	first := send(0)
+	if first.QueueDwell.Count != batch || first.CASSuccessTotal == 0 {
+		t.Fatalf("first window: dwell count %d, CAS successes %d; want %d and > 0", first.QueueDwell.Count, first.CASSuccessTotal, batch)
+	}
+	s.ResetHistograms()
+	second := send(batch)
+	if second.QueueDwell.Count != batch {
+		t.Errorf("after reset the dwell histogram holds %d samples, want %d", second.QueueDwell.Count, batch)
+	}
+	if second.CASSuccessTotal <= first.CASSuccessTotal || second.SamplesInsertedTotal != 2*batch {
+		t.Errorf("counters reset with the histograms: CAS %d→%d, inserted %d", first.CASSuccessTotal, second.CASSuccessTotal, second.SamplesInsertedTotal)
+	}
+	if second.QueueDwell.Min > second.QueueDwell.P50 || second.QueueDwell.P50 > second.QueueDwell.Max {
+		t.Errorf("dwell summary out of order: %+v", second.QueueDwell)
+	}
+}
