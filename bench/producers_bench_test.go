@@ -32,26 +32,7 @@ func BenchmarkDetailedMetrics(b *testing.B) {
 	w := bench.Workloads()[0]
 	for _, on := range []bool{false, true} {
 		b.Run(fmt.Sprintf("W1/detailed=%v", on), func(b *testing.B) {
-			sample := w.MustSample(1)
-			s, err := echo.NewServer(sample, w.BatchSize, echo.WithDetailedMetrics(on))
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer s.Close()
-			ctx := context.Background()
-			b.SetBytes(int64(w.BatchSize * w.PayloadBytes))
-			b.ReportAllocs()
-			for b.Loop() {
-				for range w.BatchSize {
-					if err := s.Submit(sample); err != nil {
-						b.Fatal(err)
-					}
-				}
-				if _, err := s.Sample(ctx); err != nil {
-					b.Fatal(err)
-				}
-			}
-			reportRates(b, w, float64(b.N*w.BatchSize))
+			benchSubmitSample(b, w, echo.WithDetailedMetrics(on))
 		})
 	}
 }

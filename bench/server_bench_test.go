@@ -16,30 +16,33 @@ import (
 // as a fraction of BenchmarkCopyCeiling's, measured in the same process.
 func BenchmarkSubmitSample(b *testing.B) {
 	for _, w := range bench.Workloads() {
-		b.Run(w.Short, func(b *testing.B) {
-			sample := w.MustSample(1)
-			s, err := echo.NewServer(sample, w.BatchSize)
-			if err != nil {
+		b.Run(w.Short, func(b *testing.B) { benchSubmitSample(b, w) })
+	}
+}
+
+// benchSubmitSample runs one Submit+Sample benchmark of w on a server with
+// opts.
+func benchSubmitSample(b *testing.B, w bench.Workload, opts ...echo.Option) {
+	sample := w.MustSample(1)
+	s, err := echo.NewServer(sample, w.BatchSize, opts...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	b.SetBytes(int64(w.BatchSize * w.PayloadBytes))
+	b.ReportAllocs()
+	for b.Loop() {
+		for range w.BatchSize {
+			if err := s.Submit(sample); err != nil {
 				b.Fatal(err)
 			}
-			defer s.Close()
-			ctx := context.Background()
-			b.SetBytes(int64(w.BatchSize * w.PayloadBytes))
-			b.ReportAllocs()
-			b.ResetTimer()
-			for b.Loop() {
-				for range w.BatchSize {
-					if err := s.Submit(sample); err != nil {
-						b.Fatal(err)
-					}
-				}
-				if _, err := s.Sample(ctx); err != nil {
-					b.Fatal(err)
-				}
-			}
-			reportRates(b, w, float64(b.N*w.BatchSize))
-		})
+		}
+		if _, err := s.Sample(ctx); err != nil {
+			b.Fatal(err)
+		}
 	}
+	reportRates(b, w, float64(b.N*w.BatchSize))
 }
 
 // BenchmarkCopyCeiling is the in-process ceiling: plain copy() of the same
