@@ -231,14 +231,7 @@ func testServerCloseWakesBlockedProducers(t *testing.T, route echo.Option) {
 		t.Fatal(err)
 	}
 	for range producers {
-		select {
-		case err := <-errs:
-			if !errors.Is(err, echo.ErrClosed) {
-				t.Errorf("blocked Send = %v, want ErrClosed", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatal("a producer is still blocked 10s after Close")
-		}
+		expectClosed(t, errs, "blocked Send")
 	}
 	if _, err := s.NewProducer(); !errors.Is(err, echo.ErrClosed) {
 		t.Errorf("NewProducer after Close = %v, want ErrClosed", err)

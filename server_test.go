@@ -313,14 +313,7 @@ func TestCloseWakesBlockedSample(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-errc:
-		if !errors.Is(err, echo.ErrClosed) {
-			t.Fatalf("Sample = %v, want ErrClosed", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Sample still blocked 5s after Close")
-	}
+	expectClosed(t, errc, "blocked Sample")
 	if err := s.Submit(numbered(0, 0)); !errors.Is(err, echo.ErrClosed) {
 		t.Errorf("Submit after Close = %v, want ErrClosed", err)
 	}
@@ -342,14 +335,7 @@ func TestCloseWakesSubmitOnFullRing(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-errc:
-		if !errors.Is(err, echo.ErrClosed) {
-			t.Fatalf("blocked Submit = %v, want ErrClosed", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Submit still blocked 5s after Close")
-	}
+	expectClosed(t, errc, "blocked Submit")
 }
 
 func TestFullRingBlocksThenResumes(t *testing.T) {
@@ -459,4 +445,18 @@ func newServerFor(t testing.TB, example any, batch int, opts ...echo.Option) *ec
 		}
 	})
 	return s
+}
+
+// expectClosed waits for a call blocked before Close to return, and checks
+// that it returned ErrClosed.
+func expectClosed(t *testing.T, errc <-chan error, what string) {
+	t.Helper()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, echo.ErrClosed) {
+			t.Fatalf("%s = %v, want ErrClosed", what, err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s still blocked 10s after Close", what)
+	}
 }
