@@ -3,6 +3,8 @@ package echo
 import (
 	"fmt"
 	"runtime"
+
+	"github.com/seed-a9ef92a1/echo/tcp"
 )
 
 // Defaults of the server options.
@@ -35,6 +37,7 @@ type config struct {
 	// direct route; negative means never.
 	directProducerBytes int
 	detailedMetrics     bool
+	transports          []tcp.Transport
 }
 
 func defaultConfig() config {
@@ -85,3 +88,22 @@ func WithDirectProducerBytes(n int) Option { return func(c *config) { c.directPr
 // counters and the latency histograms. Off by default; when off they cost a
 // predictable branch per reservation.
 func WithDetailedMetrics(on bool) Option { return func(c *config) { c.detailedMetrics = on } }
+
+// WithTCP makes Start listen for actors on a TCP address, in Go's
+// convention: "127.0.0.1:7000" accepts local actors only, ":7000" every
+// interface (IPv4 and IPv6), port 0 lets the kernel choose (see
+// Server.Addr). There is no default address: a server listens only where
+// told to. The protocol has no authentication, so on a shared network
+// listen on an interface only trusted actors can reach.
+func WithTCP(addr string) Option { return WithTransport(tcp.TCP(addr, 0)) }
+
+// WithUnix makes Start listen on a Unix-domain stream socket at path, for
+// actors on the same host; the same wire protocol and the same epoll
+// ingress serve it. Start fails if path exists; Close removes it.
+func WithUnix(path string) Option { return WithTransport(tcp.Unix(path)) }
+
+// WithTransport makes Start listen on t. Options add transports; a server
+// may listen on several.
+func WithTransport(t tcp.Transport) Option {
+	return func(c *config) { c.transports = append(c.transports, t) }
+}

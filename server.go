@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"math"
+	"net"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,6 +17,8 @@ import (
 	"github.com/seed-a9ef92a1/echo/internal/hist"
 	"github.com/seed-a9ef92a1/echo/pytree"
 	"github.com/seed-a9ef92a1/echo/ringbuf"
+	"github.com/seed-a9ef92a1/echo/tcp"
+	"github.com/seed-a9ef92a1/echo/wire"
 )
 
 // Server is the learner's side: it accepts samples matching its example and
@@ -29,7 +34,8 @@ type Server struct {
 	batchSpec *pytree.Spec // one batch: every leaf prefixed with batchSize
 	batchSize int
 	ring      *ringbuf.Ring
-	pool      *ingress.Pool // ingress workers draining producers
+	pool      *ingress.Pool // ingress workers draining producers and sockets
+	handshake []byte        // the wire handshake sent to every connection
 	scratch   sync.Pool     // *[]pytree.Array with capacity spec.NumLeaves()
 
 	// Per-slab batch trees built once over the ring memory; Sample refills
@@ -58,7 +64,12 @@ type Server struct {
 	// Detailed counters, written only when cfg.detailedMetrics.
 	casSuccess, casFailure, retries atomic.Uint64
 
-	startOnce atomic.Bool
+	// startMu serialises Start with Close; acceptor and addrs are set by
+	// Start under it.
+	startMu   sync.Mutex
+	started   bool
+	acceptor  *tcp.Acceptor
+	addrs     []net.Addr
 	closeOnce sync.Once
 	closeErr  error // the ingress pool's, set inside closeOnce
 }
@@ -126,8 +137,19 @@ func NewServer(example any, batchSize int, opts ...Option) (*Server, error) {
 		s.slabBoxed = append(s.slabBoxed, pytree.Box(leaves))
 		s.outLeaves = append(s.outLeaves, append([]pytree.Array(nil), leaves...))
 	}
+	hs, err := handshakeOf(spec)
+	if err != nil {
+		ring.Free()
+		return nil, fmt.Errorf("%w: %w", ErrBadExample, err)
+	}
+	s.handshake, err = wire.AppendHandshake(nil, hs)
+	if err != nil {
+		ring.Free()
+		return nil, fmt.Errorf("%w: %w", ErrBadExample, err)
+	}
 	s.pool, err = ingress.NewPool(ingress.Config{
 		Ring: ring, LeafBytes: leafBytes, Workers: cfg.numDrainers, Detailed: cfg.detailedMetrics,
+		Handshake: s.handshake,
 	})
 	if err != nil {
 		ring.Free()
@@ -136,16 +158,74 @@ func NewServer(example any, batchSize int, opts ...Option) (*Server, error) {
 	return s, nil
 }
 
-// Start starts the server's transports. Submit, producers and Sample work
-// without it. A second call returns ErrStarted.
+// Start binds the server's transports (WithTCP, WithUnix, WithTransport)
+// and starts accepting actors; from then on Addr reports where. Submit,
+// producers and Sample work without it. A second call returns ErrStarted;
+// a bind failure closes nothing, and Start may not be retried.
 func (s *Server) Start() error {
+	s.startMu.Lock()
+	defer s.startMu.Unlock()
 	if s.closed.Load() {
-		return ErrClosed
+		return fmt.Errorf("echo: start: %w", ErrClosed)
 	}
-	if s.startOnce.Swap(true) {
+	if s.started {
 		return ErrStarted
 	}
+	s.started = true
+	if len(s.cfg.transports) == 0 {
+		return nil
+	}
+	var listeners []*tcp.Listener
+	for _, t := range s.cfg.transports {
+		l, err := t.Listen()
+		if err != nil {
+			for _, l := range listeners {
+				l.Close()
+			}
+			return fmt.Errorf("echo: start: %w", err)
+		}
+		listeners = append(listeners, l)
+	}
+	a, err := tcp.Serve(s.pool, listeners)
+	if err != nil {
+		return fmt.Errorf("echo: start: %w", err)
+	}
+	s.acceptor = a
+	for _, l := range listeners {
+		s.addrs = append(s.addrs, l.Addr())
+	}
 	return nil
+}
+
+// Addr returns the address of the first transport, once Start has bound
+// it (with the port chosen, for port 0), and nil before.
+func (s *Server) Addr() net.Addr {
+	s.startMu.Lock()
+	defer s.startMu.Unlock()
+	if len(s.addrs) == 0 {
+		return nil
+	}
+	return s.addrs[0]
+}
+
+// Addrs returns the addresses of every transport, in option order.
+func (s *Server) Addrs() []net.Addr {
+	s.startMu.Lock()
+	defer s.startMu.Unlock()
+	return slices.Clone(s.addrs)
+}
+
+// handshakeOf describes a sample on the wire: every leaf's dtype size and
+// shape, in flatten order.
+func handshakeOf(spec *pytree.Spec) (wire.Handshake, error) {
+	h := wire.Handshake{Version: wire.Version1}
+	for _, l := range spec.Leaves() {
+		h.Arrays = append(h.Arrays, wire.ArraySpec{DTypeSize: l.DType.Size(), Shape: l.Shape})
+	}
+	if _, err := h.PayloadSize(wire.Limits{MaxPayload: math.MaxInt64}); err != nil {
+		return h, err
+	}
+	return h, nil
 }
 
 // Spec returns the spec of one sample, derived from the example.
@@ -263,6 +343,7 @@ func (s *Server) info() SampleInfo {
 	ps := s.pool.Stats()
 	in := SampleInfo{
 		StoreSize:            int(st.Stored),
+		ActiveConnections:    ps.Connections,
 		QueueDepthSum:        ps.QueueDepthSum,
 		QueueDepthMax:        ps.QueueDepthMax,
 		PushBlockedCount:     s.pushBlocked.Load() + ps.PushBlocked,
@@ -334,9 +415,15 @@ func (s *Server) ResetHistograms() { s.pool.ResetHistograms() }
 // error, if any.
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
+		s.startMu.Lock()
 		s.closed.Store(true)
+		if s.acceptor != nil {
+			s.closeErr = s.acceptor.Close()
+		}
+		s.startMu.Unlock()
 		s.ring.Close() // wakes the consumer and every writer waiting for space
-		s.closeErr = s.pool.Close()
+		// Closes every connection: their clients see the connection end.
+		s.closeErr = errors.Join(s.closeErr, s.pool.Close())
 		// Writers woken by ring.Close leave within a copy's time.
 		for s.writers.Load() != 0 {
 			runtime.Gosched()

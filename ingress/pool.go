@@ -8,11 +8,13 @@
 // boundaries allow. With nothing to do it parks in epoll_wait on an eventfd
 // that producers write only when they see it parked.
 //
-// The epoll set is where transports add their sockets, so one loop serves
-// producers and connections alike.
+// Transports hand accepted sockets to AddConn; a worker adds each to its
+// epoll set, so one loop serves producers and connections alike (conn.go
+// has the socket path).
 package ingress
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"math"
@@ -23,6 +25,7 @@ import (
 	"github.com/seed-a9ef92a1/echo/internal/hist"
 	"github.com/seed-a9ef92a1/echo/ringbuf"
 	"github.com/seed-a9ef92a1/echo/spsc"
+	"github.com/seed-a9ef92a1/echo/wire"
 )
 
 // ErrClosed is returned by Acquire and NewQueue once the pool is closed.
@@ -39,6 +42,9 @@ type Config struct {
 	Workers int
 	// Detailed turns on the CAS counters and histograms.
 	Detailed bool
+	// Handshake is sent to every connection added with AddConn before
+	// anything else.
+	Handshake []byte
 }
 
 // Pool is a set of workers over one ring.
@@ -50,6 +56,11 @@ type Pool struct {
 	epoch     time.Time
 	workers   []*Worker
 	wg        sync.WaitGroup
+	handshake []byte // read-only
+	acks      []byte // ackBufLen ack bytes, read-only
+
+	// active counts open connections.
+	active atomic.Int64
 
 	// closed is set once by Close; done is closed with it.
 	closed atomic.Bool
@@ -63,6 +74,7 @@ type Pool struct {
 	// and err (the first failure of any worker).
 	mu             sync.Mutex
 	queues         []*Queue
+	conns          map[*conn]*Worker
 	retiredBlocked uint64
 	err            error
 }
@@ -78,6 +90,9 @@ func NewPool(cfg Config) (*Pool, error) {
 		detailed:  cfg.Detailed,
 		epoch:     time.Now(),
 		done:      make(chan struct{}),
+		handshake: cfg.Handshake,
+		acks:      bytes.Repeat([]byte{wire.Ack}, ackBufLen),
+		conns:     make(map[*conn]*Worker),
 	}
 	for _, n := range cfg.LeafBytes {
 		p.payload += n
@@ -198,6 +213,7 @@ func (p *Pool) Close() error {
 	p.wg.Wait()
 	var errs []error
 	for _, w := range p.workers {
+		w.closeConns()
 		errs = append(errs, w.closeFDs())
 	}
 	p.mu.Lock()
@@ -207,7 +223,12 @@ func (p *Pool) Close() error {
 
 // Stats is a snapshot of the pool's metrics.
 type Stats struct {
-	Queues        int
+	Queues int
+	// Connections is the number of open connections.
+	Connections int
+	// QueueDepthSum and QueueDepthMax count the samples waiting in
+	// producer queues and, for connections, whole samples waiting in the
+	// kernel's receive queue when the worker last looked.
 	QueueDepthSum int
 	QueueDepthMax int
 	// PushBlocked counts producers that found their queue full and
@@ -230,6 +251,12 @@ func (p *Pool) Stats() Stats {
 		st.QueueDepthMax = max(st.QueueDepthMax, d)
 		st.PushBlocked += q.blocked.Load()
 	}
+	for c := range p.conns {
+		d := int(c.depth.Load())
+		st.QueueDepthSum += d
+		st.QueueDepthMax = max(st.QueueDepthMax, d)
+	}
+	st.Connections = len(p.conns)
 	p.mu.Unlock()
 	for _, w := range p.workers {
 		st.PushBlocked += w.pushBlocked.Load()

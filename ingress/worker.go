@@ -12,20 +12,39 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/seed-a9ef92a1/echo/internal/hist"
+	"github.com/seed-a9ef92a1/echo/ringbuf"
 )
 
 // maxEvents is the size of the epoll event array each worker passes to
-// epoll_wait. Today the set holds only the worker's eventfd.
-const maxEvents = 64
+// epoll_wait.
+const maxEvents = 256
 
-// Worker is one ingress loop: it owns a set of producer queues, moves their
-// samples into the ring in rounds, and parks in epoll_wait on its eventfd
-// when they are all empty. Every field not marked otherwise belongs to the
-// worker's goroutine.
+// Worker is one ingress loop: it owns a set of producer queues and a set of
+// connections, moves their samples into the ring, and parks in epoll_wait
+// (on its eventfd and its sockets) when there is nothing to move. Every
+// field not marked otherwise belongs to the worker's goroutine.
 type Worker struct {
 	pool *Pool
-	epfd int // epoll set: the eventfd now, sockets later
+	epfd int // epoll set: the eventfd and the worker's sockets
 	efd  int // eventfd that producers write to wake a parked worker
+
+	// conns is the connection table, indexed by the slot carried in each
+	// socket's epoll event; slot 0 is the eventfd's, so conns[0] is nil.
+	conns     []*conn
+	freeSlots []int
+	live      int // connections in conns
+	// nconns counts the connections placed on this worker and not yet
+	// dropped, for placement. Guarded by pool.mu.
+	nconns int
+	// backlog holds connections whose turn ended with whole samples left;
+	// edge-triggered epoll will not report them again.
+	backlog, backlogSpare []*conn
+	iov                   []unix.Iovec // readv scratch, cleared after use
+	maxPerRead            int          // whole samples per readv (IOV_MAX)
+	inq                   int32        // FIONREAD result
+	// spare holds slots claimed and not yet written (after a short read);
+	// claim hands them out before reserving more.
+	spare ringbuf.Reservation
 
 	queues []*Queue
 	// assigned counts the queues placed on this worker and not yet
@@ -48,9 +67,10 @@ type Worker struct {
 
 	// adoptMu guards adopt, the queues handed to this worker and not yet
 	// picked up; hasAdopt says (lock-free) that there are some.
-	adoptMu  sync.Mutex
-	adopt    []*Queue
-	hasAdopt atomic.Bool
+	adoptMu    sync.Mutex
+	adopt      []*Queue
+	adoptConns []*conn
+	hasAdopt   atomic.Bool
 
 	// Counters written by the worker, read by snapshots.
 	pushBlocked, casSuccess, casFailure, retries atomic.Uint64
@@ -58,7 +78,11 @@ type Worker struct {
 }
 
 func newWorker(p *Pool) (*Worker, error) {
-	w := &Worker{pool: p, events: make([]unix.EpollEvent, maxEvents)}
+	w := &Worker{pool: p, events: make([]unix.EpollEvent, maxEvents), conns: make([]*conn, 1)}
+	if nl := nonEmpty(p.leafBytes); nl > 0 {
+		w.maxPerRead = max(1, iovMax/nl)
+		w.iov = make([]unix.Iovec, 0, w.maxPerRead*nl)
+	}
 	var err error
 	if w.efd, err = unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC); err != nil {
 		return nil, os.NewSyscallError("eventfd", err)
@@ -110,11 +134,32 @@ func (w *Worker) signal() {
 // run is the worker's loop; it returns when the pool closes. After an
 // empty round it yields and looks again, up to spinRounds times, before it
 // parks: a producer that sends again within that window costs no syscall
-// on either side.
+// on either side. With connections, each round also collects the socket
+// events already pending (epoll_wait with a zero timeout).
 func (w *Worker) run() {
 	idle := 0
 	for !w.pool.closed.Load() {
-		if w.round() > 0 {
+		moved, err := w.round()
+		if err == nil && (w.live > 0 || len(w.backlog) > 0) {
+			var n int
+			n, err = w.poll(0)
+			moved += n
+		}
+		if err != nil {
+			if errors.Is(err, ringbuf.ErrClosed) {
+				// The ring closes just before the pool: nothing can
+				// move any more, so wait for Close instead of spinning.
+				<-w.pool.done
+				return
+			}
+			// epoll_wait failing means a broken fd, which the pool
+			// reports at Close. Until then poll, so that no queue of
+			// this worker's is stranded.
+			w.pool.fail(err)
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		if moved > 0 {
 			idle = 0
 			continue
 		}
@@ -124,10 +169,7 @@ func (w *Worker) run() {
 			continue
 		}
 		idle = 0
-		if err := w.park(); err != nil {
-			// epoll_wait failing means a broken fd, which the pool
-			// reports at Close. Until then poll, so that no queue of
-			// this worker's is stranded.
+		if _, err := w.park(); err != nil && !errors.Is(err, ringbuf.ErrClosed) {
 			w.pool.fail(err)
 			time.Sleep(time.Millisecond)
 		}
@@ -135,8 +177,8 @@ func (w *Worker) run() {
 }
 
 // round moves every sample its queues held on arrival into the ring and
-// returns how many it moved.
-func (w *Worker) round() int {
+// returns how many it moved. It fails only with ringbuf.ErrClosed.
+func (w *Worker) round() (int, error) {
 	if w.hasAdopt.Load() {
 		w.takeAdopted()
 	}
@@ -171,7 +213,7 @@ func (w *Worker) round() int {
 			}
 		}
 		if err := w.insert(w.popped); err != nil {
-			return moved // closed: the loop ends
+			return moved, err
 		}
 		for i, b := range w.popped {
 			b.owner.recycle(b)
@@ -182,7 +224,7 @@ func (w *Worker) round() int {
 		}
 	}
 	w.prune()
-	return moved
+	return moved, nil
 }
 
 // growTo returns s with length n, reallocating only when capacity is short.
@@ -198,39 +240,22 @@ func growTo(s []*Buffer, n int) []*Buffer {
 // insert copies bufs into the ring with as few reservations as the batch
 // boundaries allow, waiting for space while the ring is full.
 func (w *Worker) insert(bufs []*Buffer) error {
-	ring := w.pool.ring
-	detailed := w.pool.detailed
-	blocked := false
 	for len(bufs) > 0 {
-		res, fails, ok := ring.Reserve(len(bufs))
-		if detailed && fails > 0 {
-			w.casFailure.Add(uint64(fails))
-		}
-		if !ok {
-			if !blocked {
-				blocked = true
-				w.pushBlocked.Add(1)
-			}
-			if detailed {
-				w.retries.Add(1)
-			}
-			if err := ring.WaitSpace(); err != nil {
-				return err
-			}
-			continue
+		res, err := w.claim(len(bufs), nil)
+		if err != nil {
+			return err
 		}
 		var t0 int64
-		if detailed {
-			w.casSuccess.Add(1)
+		if w.pool.detailed {
 			t0 = w.pool.now()
 		}
 		for k := range res.N {
 			w.pool.copySample(res.Start+uint64(k), bufs[k].Data)
 		}
-		if detailed {
+		if w.pool.detailed {
 			w.memcpy.Record(w.pool.now() - t0)
 		}
-		ring.Commit(res)
+		w.pool.ring.Commit(res)
 		bufs = bufs[res.N:]
 	}
 	return nil
@@ -258,13 +283,18 @@ func (w *Worker) takeAdopted() {
 	w.queues = append(w.queues, w.adopt...)
 	clear(w.adopt)
 	w.adopt = w.adopt[:0]
+	conns := w.adoptConns
+	w.adoptConns = nil
 	w.hasAdopt.Store(false)
 	w.adoptMu.Unlock()
+	for _, c := range conns {
+		w.adoptConn(c)
+	}
 }
 
 // hasWork reports whether a round now would find something to do.
 func (w *Worker) hasWork() bool {
-	if w.hasAdopt.Load() || w.pool.closed.Load() {
+	if w.hasAdopt.Load() || w.pool.closed.Load() || len(w.backlog) > 0 {
 		return true
 	}
 	for _, q := range w.queues {
@@ -275,8 +305,9 @@ func (w *Worker) hasWork() bool {
 	return false
 }
 
-// park waits in epoll_wait until a producer (or Close) wakes the worker.
-func (w *Worker) park() error {
+// park waits in epoll_wait until a producer (or Close) wakes the worker or
+// a socket has something for it, and serves what the wait reported.
+func (w *Worker) park() (int, error) {
 	w.parked.Store(true)
 	// Last look after announcing: either it sees a producer's push, or the
 	// producer sees parked and writes the eventfd.
@@ -284,21 +315,68 @@ func (w *Worker) park() error {
 		if !w.parked.CompareAndSwap(true, false) {
 			w.drainEventfd() // a waker got there first; consume its write
 		}
-		return nil
+		return 0, nil
 	}
+	n, err := w.wait(-1)
+	w.parked.Store(false)
+	if err != nil {
+		return 0, err
+	}
+	return w.dispatch(w.events[:n])
+}
+
+// poll serves the backlog, then every event pending now, without waiting.
+func (w *Worker) poll(timeout int) (int, error) {
+	moved := 0
+	if len(w.backlog) > 0 {
+		n, err := w.serveBacklog()
+		moved += n
+		if err != nil {
+			return moved, err
+		}
+	}
+	n, err := w.wait(timeout)
+	if err != nil {
+		return moved, err
+	}
+	m, err := w.dispatch(w.events[:n])
+	return moved + m, err
+}
+
+// wait is epoll_wait with EINTR retried.
+func (w *Worker) wait(timeout int) (int, error) {
 	for {
-		_, err := unix.EpollWait(w.epfd, w.events, -1)
+		n, err := unix.EpollWait(w.epfd, w.events, timeout)
 		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
-			return os.NewSyscallError("epoll_wait", err)
+			return 0, os.NewSyscallError("epoll_wait", err)
 		}
-		break
+		return n, nil
 	}
-	w.parked.Store(false)
-	w.drainEventfd()
-	return nil
+}
+
+// dispatch serves a batch of epoll events.
+func (w *Worker) dispatch(events []unix.EpollEvent) (int, error) {
+	moved := 0
+	for i := range events {
+		ev := &events[i]
+		if ev.Pad == 0 {
+			w.drainEventfd()
+			continue
+		}
+		c := w.conns[ev.Pad]
+		if c == nil {
+			continue // dropped earlier in this batch
+		}
+		n, err := w.serveEvent(c, ev.Events)
+		moved += n
+		if err != nil {
+			return moved, err
+		}
+	}
+	return moved, nil
 }
 
 // drainEventfd resets the eventfd counter; EAGAIN means it was already zero.
@@ -315,4 +393,32 @@ func wrapSyscall(name string, err error) error {
 		return nil
 	}
 	return os.NewSyscallError(name, err)
+}
+
+// nonEmpty counts the leaves of more than zero bytes: the iovecs per sample.
+func nonEmpty(leafBytes []int) int {
+	n := 0
+	for _, b := range leafBytes {
+		if b > 0 {
+			n++
+		}
+	}
+	return n
+}
+
+// closeConns closes every connection the worker holds or was handed. Only
+// after the worker's goroutine has exited.
+func (w *Worker) closeConns() {
+	w.adoptMu.Lock()
+	handed := w.adoptConns
+	w.adoptConns = nil
+	w.adoptMu.Unlock()
+	for _, c := range handed {
+		w.drop(c)
+	}
+	for _, c := range w.conns {
+		if c != nil {
+			w.drop(c)
+		}
+	}
 }

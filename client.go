@@ -1,0 +1,394 @@
+package echo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/seed-a9ef92a1/echo/pytree"
+	"github.com/seed-a9ef92a1/echo/wire"
+)
+
+// Client errors. Each is wrapped with detail; test with errors.Is.
+var (
+	// ErrBadMagic: the peer did not open with echo's handshake; it is not
+	// an echo server.
+	ErrBadMagic = wire.ErrBadMagic
+	// ErrVersion: the server speaks a protocol version this client does
+	// not.
+	ErrVersion = wire.ErrVersion
+	// ErrPayloadSize is returned by Send, before anything is written, for
+	// a sample whose size differs from the server's payload.
+	ErrPayloadSize = errors.New("echo: payload size mismatch")
+	// ErrConnectionClosed is returned by Send and Wait once the connection
+	// is gone: the server closed it, the network failed, or Close was
+	// called.
+	ErrConnectionClosed = errors.New("echo: connection closed")
+)
+
+// DefaultMaxInflight is the number of samples a Client may have sent and
+// not yet seen acknowledged before Send waits: echo's max_inflight_msgs.
+const DefaultMaxInflight = 32
+
+// ClientOption configures Dial.
+type ClientOption func(*clientConfig)
+
+type clientConfig struct {
+	maxInflight int
+	limits      wire.Limits
+}
+
+// WithMaxInflight bounds the samples sent and not yet acknowledged (default
+// DefaultMaxInflight, at least 1). Send waits at the bound.
+func WithMaxInflight(n int) ClientOption { return func(c *clientConfig) { c.maxInflight = n } }
+
+// WithHandshakeLimits bounds what the client accepts in the server's
+// handshake (default wire.DefaultLimits).
+func WithHandshakeLimits(l wire.Limits) ClientOption { return func(c *clientConfig) { c.limits = l } }
+
+// Client is an actor's connection to a server, local or remote, echo's or
+// this package's. It sends samples shaped like its example; the server
+// acknowledges each with one byte once it holds the sample.
+//
+// Send and Wait may be called from several goroutines; samples from one
+// Client arrive in the order their Sends returned.
+type Client struct {
+	conn    net.Conn
+	raw     syscall.RawConn
+	spec    *pytree.Spec
+	payload int
+
+	// sendMu serialises Send. leaves, iov, iovPos and werr are its scratch.
+	sendMu  sync.Mutex
+	leaves  []pytree.Array
+	iov     []unix.Iovec
+	iovPos  int
+	werr    error
+	writeFn func(fd uintptr) bool // c.writev, bound once: no allocation per Send
+
+	// tokens holds one token per sample in flight: Send puts, the ack
+	// reader takes. Its capacity is max_inflight.
+	tokens   chan struct{}
+	inflight atomic.Int64
+	// idle gets a token when inflight drops to zero; Wait takes it.
+	idle chan struct{}
+	// done is closed when the connection ends; cause says why.
+	done      chan struct{}
+	cause     error
+	readerEnd chan struct{}
+	closeOnce sync.Once
+}
+
+// Dial connects to the server at addr and checks its handshake against
+// example, a tree shaped like the samples this client will send. addr is
+// "host:port" for TCP, or "unix:" followed by a path for a Unix-domain
+// socket. ctx bounds the connection and the handshake.
+//
+// Errors wrap ErrBadMagic when the peer is not an echo server, ErrVersion
+// for another protocol version, and ErrSpecMismatch, naming the first
+// differing leaf, when the server expects other samples.
+func Dial(ctx context.Context, addr string, example any, opts ...ClientOption) (*Client, error) {
+	cfg := clientConfig{maxInflight: DefaultMaxInflight}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if cfg.maxInflight < 1 {
+		return nil, fmt.Errorf("%w: max inflight %d, must be at least 1", ErrBadConfig, cfg.maxInflight)
+	}
+	spec, err := pytree.SpecOf(example)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadExample, err)
+	}
+	want, err := handshakeOf(spec)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadExample, err)
+	}
+	network, address := "tcp", addr
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		network, address = "unix", path
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, network, address)
+	if err != nil {
+		return nil, fmt.Errorf("echo: dial %s: %w", addr, err)
+	}
+	c, err := handshake(ctx, conn, spec, want, cfg)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("echo: dial %s: %w", addr, err)
+	}
+	return c, nil
+}
+
+// handshake reads the server's handshake from conn, checks it and builds
+// the client.
+func handshake(ctx context.Context, conn net.Conn, spec *pytree.Spec, want wire.Handshake, cfg clientConfig) (*Client, error) {
+	// ctx bounds the read: its end sets a deadline in the past.
+	stop := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Unix(1, 0)) })
+	got, err := wire.ReadHandshake(conn, cfg.limits)
+	if !stop() || ctx.Err() != nil {
+		return nil, fmt.Errorf("reading handshake: %w", context.Cause(ctx))
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := want.Compare(got); err != nil {
+		return nil, specMismatch(spec, want, got)
+	}
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return nil, fmt.Errorf("connection %T has no file descriptor", conn)
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{
+		conn:      conn,
+		raw:       raw,
+		spec:      spec,
+		payload:   spec.PayloadBytes(),
+		leaves:    make([]pytree.Array, 0, spec.NumLeaves()),
+		iov:       make([]unix.Iovec, 0, spec.NumLeaves()),
+		tokens:    make(chan struct{}, cfg.maxInflight),
+		idle:      make(chan struct{}, 1),
+		done:      make(chan struct{}),
+		readerEnd: make(chan struct{}),
+	}
+	c.writeFn = c.writev
+	go c.readAcks()
+	return c, nil
+}
+
+// specMismatch names the first leaf where the server's handshake differs
+// from the client's example.
+func specMismatch(spec *pytree.Spec, want, got wire.Handshake) error {
+	if len(want.Arrays) != len(got.Arrays) {
+		return fmt.Errorf("%w: example has %d leaves, server expects %d",
+			ErrSpecMismatch, len(want.Arrays), len(got.Arrays))
+	}
+	for i, a := range want.Arrays {
+		b := got.Arrays[i]
+		path := spec.Leaves()[i].Path
+		if path == "" {
+			path = "<root>"
+		}
+		if a.DTypeSize != b.DTypeSize {
+			return fmt.Errorf("%w: %s: dtype size %d (%v), server expects %d",
+				ErrSpecMismatch, path, a.DTypeSize, spec.Leaves()[i].DType, b.DTypeSize)
+		}
+		if !equalShape(a.Shape, b.Shape) {
+			return fmt.Errorf("%w: %s: shape %v, server expects %v", ErrSpecMismatch, path, a.Shape, b.Shape)
+		}
+	}
+	return fmt.Errorf("%w: version %d, server has %d", ErrSpecMismatch, want.Version, got.Version)
+}
+
+func equalShape(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// Send writes one sample with a single writev of its leaves, straight from
+// the caller's arrays. It waits first while max_inflight samples are
+// unacknowledged. A tree of the wrong size returns ErrPayloadSize, one of
+// the right size but another structure, dtype or shape ErrSpecMismatch;
+// either way nothing is sent. Once the connection is gone Send returns
+// ErrConnectionClosed.
+//
+// Send allocates nothing. When it returns, the sample's bytes are in the
+// kernel, and the caller may reuse its arrays.
+func (c *Client) Send(tree any) error {
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	leaves, err := c.spec.FlattenInto(tree, c.leaves)
+	if err != nil {
+		clear(c.leaves[:cap(c.leaves)])
+		return c.rejected(tree, err)
+	}
+	select {
+	case <-c.done:
+		clear(leaves)
+		return c.closedErr()
+	default:
+	}
+	select {
+	case c.tokens <- struct{}{}:
+	case <-c.done:
+		clear(leaves)
+		return c.closedErr()
+	}
+	c.inflight.Add(1)
+	c.iov = c.iov[:0]
+	for _, a := range leaves {
+		if b := a.Bytes(); len(b) > 0 {
+			c.iov = append(c.iov, unix.Iovec{Base: &b[0], Len: uint64(len(b))})
+		}
+	}
+	c.iovPos, c.werr = 0, nil
+	err = c.raw.Write(c.writeFn)
+	clear(c.iov)
+	clear(leaves)
+	if err == nil {
+		err = c.werr
+	}
+	if err != nil {
+		c.end(fmt.Errorf("%w: send: %w", ErrConnectionClosed, err))
+		return c.closedErr()
+	}
+	return nil
+}
+
+// rejected builds Send's error for a tree that does not match the example.
+func (c *Client) rejected(tree any, err error) error {
+	if leaves, _, ferr := pytree.Flatten(tree); ferr == nil {
+		size := 0
+		for _, a := range leaves {
+			size += len(a.Bytes())
+		}
+		if size != c.payload {
+			return fmt.Errorf("%w: sample has %d bytes, server expects %d", ErrPayloadSize, size, c.payload)
+		}
+	}
+	var m *pytree.MismatchError
+	if errors.As(err, &m) {
+		path := m.Path
+		if path == "" {
+			path = "<root>"
+		}
+		return fmt.Errorf("%w: %s: %s %s, example has %s", ErrSpecMismatch, path, m.What, m.Got, m.Want)
+	}
+	return fmt.Errorf("%w: %w", ErrSpecMismatch, err)
+}
+
+// writev is the RawConn.Write callback: it writes what is left of c.iov
+// and returns false to wait for writability after a short write.
+func (c *Client) writev(fd uintptr) bool {
+	for c.iovPos < len(c.iov) {
+		iov := c.iov[c.iovPos:]
+		n, _, e := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&iov[0])), uintptr(min(len(iov), 1024)))
+		switch e {
+		case 0:
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		default:
+			c.werr = os.NewSyscallError("writev", e)
+			return true
+		}
+		for n > 0 {
+			head := &c.iov[c.iovPos]
+			if uint64(n) < head.Len {
+				head.Base = (*byte)(unsafe.Add(unsafe.Pointer(head.Base), n))
+				head.Len -= uint64(n)
+				break
+			}
+			n -= uintptr(head.Len)
+			c.iovPos++
+		}
+	}
+	return true
+}
+
+// readAcks takes one token per ack byte until the connection ends.
+func (c *Client) readAcks() {
+	defer close(c.readerEnd)
+	var buf [512]byte
+	for {
+		n, err := c.conn.Read(buf[:])
+		for _, b := range buf[:n] {
+			if b != wire.Ack {
+				c.end(fmt.Errorf("%w: server sent byte %#x, not an ack", ErrConnectionClosed, b))
+				return
+			}
+		}
+		if n > 0 {
+			for range n {
+				select {
+				case <-c.tokens:
+				default:
+					c.end(fmt.Errorf("%w: server acknowledged more samples than were sent", ErrConnectionClosed))
+					return
+				}
+			}
+			if c.inflight.Add(int64(-n)) == 0 {
+				select {
+				case c.idle <- struct{}{}:
+				default:
+				}
+			}
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = errors.New("server closed the connection")
+			}
+			c.end(fmt.Errorf("%w: %w", ErrConnectionClosed, err))
+			return
+		}
+	}
+}
+
+// end marks the connection finished with cause (the first cause wins) and
+// closes the socket, which also stops the ack reader.
+func (c *Client) end(cause error) {
+	c.closeOnce.Do(func() {
+		c.cause = cause
+		close(c.done)
+		c.conn.Close()
+	})
+}
+
+// closedErr returns why the connection ended. Only after done is closed.
+func (c *Client) closedErr() error { return c.cause }
+
+// Inflight returns the number of samples sent and not yet acknowledged.
+func (c *Client) Inflight() int { return int(c.inflight.Load()) }
+
+// Wait blocks until every sample sent has been acknowledged. It returns
+// ErrConnectionClosed if the connection ends first with samples
+// unacknowledged, and ctx's error if ctx is done first.
+func (c *Client) Wait(ctx context.Context) error {
+	for {
+		if c.inflight.Load() == 0 {
+			return nil
+		}
+		select {
+		case <-c.idle:
+		case <-c.done:
+			if c.inflight.Load() == 0 {
+				return nil
+			}
+			return c.closedErr()
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Close closes the connection without waiting for acknowledgements (call
+// Wait first for that) and waits for the ack reader to stop. Samples in
+// flight may or may not reach the server. Close is idempotent.
+func (c *Client) Close() error {
+	c.end(fmt.Errorf("%w: client closed", ErrConnectionClosed))
+	<-c.readerEnd
+	return nil
+}

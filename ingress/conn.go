@@ -1,0 +1,459 @@
+package ingress
+
+import (
+	"errors"
+	"io"
+	"os"
+	"sync/atomic"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/seed-a9ef92a1/echo/ringbuf"
+)
+
+// Socket ingress. A connection is registered edge-triggered, once, for
+// EPOLLIN|EPOLLOUT|EPOLLRDHUP, and never modified:
+//
+//   - Edge-triggered because a gated connection leaves a partial sample in
+//     the kernel on purpose: level-triggered epoll would report that socket
+//     readable on every wait until the rest arrives. On TCP, SO_RCVLOWAT =
+//     payload suppresses wake-ups for partial samples at the source; on
+//     Unix sockets (whose poll ignores SO_RCVLOWAT) each arrival is one
+//     wake-up that finds too little and returns.
+//   - Edge-triggered epoll never reminds: a connection left with whole
+//     samples when its turn ran out goes on the worker's backlog, which the
+//     loop serves before it waits again.
+//   - EPOLLOUT stays registered: its edge fires only after a write came up
+//     short, which is exactly when pending acks need a retry.
+//
+// A full ring blocks the worker in ringbuf.WaitSpace. Reading stops, the
+// receive buffers fill, and TCP's flow control pushes back on every client
+// of the worker, which is the behaviour wanted; the consumer's release wakes
+// the worker and reading resumes where it stopped.
+
+// iovMax is the most iovecs one readv takes (IOV_MAX on Linux).
+const iovMax = 1024
+
+// turnSamples bounds the samples one connection delivers per turn, so that
+// a client streaming faster than the worker drains cannot starve the
+// others on the same worker.
+const turnSamples = 1024
+
+// ackBufLen is the length of the shared run of ack bytes: acks for up to
+// this many samples go out in one write.
+const ackBufLen = 4096
+
+// errShortRead reports a readv that returned less than FIONREAD promised.
+// With one reader per socket the kernel never does this; if it ever did,
+// the stream would be cut mid-sample, so the connection is dropped.
+var errShortRead = errors.New("ingress: readv returned less than FIONREAD reported")
+
+// conn is one accepted socket. Every field not marked otherwise belongs to
+// the worker that owns the connection.
+type conn struct {
+	fd   int
+	slot int // index in the worker's conns table; 0 until adopted
+
+	// gated: whole samples wait in the kernel until they are read straight
+	// into ring slots. Otherwise samples are staged: read into stage as
+	// they arrive, then copied into one slot.
+	gated  bool
+	stage  []byte
+	staged int // bytes of the current sample in stage
+
+	out        []byte // handshake bytes not yet written
+	owed       int    // acks owed to the peer and not yet written
+	peerClosed bool   // EPOLLRDHUP, EPOLLHUP or EPOLLERR seen
+	inBacklog  bool
+
+	// depth is the number of whole samples seen waiting in the kernel at
+	// the connection's last turn. Worker writes, Stats reads.
+	depth atomic.Int32
+}
+
+// AddConn hands an accepted, non-blocking, connected stream socket to the
+// worker with the fewest connections, which sends it the handshake and
+// moves its samples into the ring from then on. gated says whether the
+// socket can buffer several whole samples (see the tcp package), in which
+// case samples wait in the kernel until whole and are read straight into
+// their slots. The pool owns fd from now on, even when AddConn fails.
+func (p *Pool) AddConn(fd int, gated bool) error {
+	c := &conn{fd: fd, gated: gated, out: p.handshake}
+	if !gated {
+		c.stage = make([]byte, p.payload)
+	}
+	p.mu.Lock()
+	if p.closed.Load() {
+		p.mu.Unlock()
+		unix.Close(fd)
+		return ErrClosed
+	}
+	w := p.workers[0]
+	for _, c := range p.workers {
+		if c.nconns < w.nconns {
+			w = c
+		}
+	}
+	w.nconns++
+	p.conns[c] = w
+	p.active.Add(1)
+	w.adoptMu.Lock()
+	w.adoptConns = append(w.adoptConns, c)
+	w.hasAdopt.Store(true)
+	w.adoptMu.Unlock()
+	p.mu.Unlock()
+	w.wake()
+	return nil
+}
+
+// ActiveConnections returns the number of connections open now.
+func (p *Pool) ActiveConnections() int { return int(p.active.Load()) }
+
+// Payload returns the bytes of one sample.
+func (p *Pool) Payload() int { return p.payload }
+
+// adoptConn registers c in the worker's epoll set and starts the handshake.
+func (w *Worker) adoptConn(c *conn) {
+	if n := len(w.freeSlots); n > 0 {
+		c.slot = w.freeSlots[n-1]
+		w.freeSlots = w.freeSlots[:n-1]
+		w.conns[c.slot] = c
+	} else {
+		c.slot = len(w.conns)
+		w.conns = append(w.conns, c)
+	}
+	w.live++
+	ev := unix.EpollEvent{
+		Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET,
+		Fd:     int32(c.fd),
+		Pad:    int32(c.slot),
+	}
+	if err := unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, c.fd, &ev); err != nil {
+		w.drop(c)
+		w.pool.fail(os.NewSyscallError("epoll_ctl add", err))
+		return
+	}
+	if err := w.flush(c); err != nil {
+		w.drop(c)
+	}
+	// Samples that arrived before the registration are reported by
+	// epoll_ctl's initial readiness check, as an event.
+}
+
+// drop closes c and forgets it. What c's peer sent and was not yet read
+// is discarded with the socket; a partial sample in stage is never
+// committed.
+func (w *Worker) drop(c *conn) {
+	if c.slot > 0 && w.conns[c.slot] == c {
+		w.conns[c.slot] = nil
+		w.freeSlots = append(w.freeSlots, c.slot)
+		w.live--
+	}
+	c.slot = 0
+	unix.Close(c.fd) // removes it from the epoll set; nothing to report on failure
+	c.fd = -1
+	p := w.pool
+	p.mu.Lock()
+	delete(p.conns, c)
+	w.nconns--
+	p.mu.Unlock()
+	p.active.Add(-1)
+}
+
+// serveEvent handles one epoll event of a connection and returns the
+// number of samples it moved into the ring.
+func (w *Worker) serveEvent(c *conn, events uint32) (int, error) {
+	if events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+		c.peerClosed = true
+	}
+	return w.serve(c)
+}
+
+// serve gives c one turn: it moves up to turnSamples of c's whole samples
+// into the ring, writes their acks, and closes c once its peer has gone and
+// nothing whole is left. It returns ringbuf.ErrClosed when the ring closed
+// under it; every other error is c's alone and closes c.
+func (w *Worker) serve(c *conn) (int, error) {
+	var moved int
+	var err error
+	if c.gated {
+		moved, err = w.readWhole(c)
+	} else {
+		moved, err = w.readStaged(c)
+	}
+	if errors.Is(err, ringbuf.ErrClosed) {
+		return moved, err
+	}
+	if err == nil {
+		err = w.flush(c)
+	}
+	switch {
+	case err != nil:
+		w.drop(c)
+	case moved == turnSamples:
+		if !c.inBacklog {
+			c.inBacklog = true
+			w.backlog = append(w.backlog, c)
+		}
+	case c.peerClosed:
+		// Everything whole was read: what is left is a partial sample,
+		// or nothing.
+		w.drop(c)
+	}
+	return moved, nil
+}
+
+// readWhole is the gated path: FIONREAD says how many whole samples the
+// kernel holds; slots are claimed for them (never past a batch boundary),
+// and one readv scatters them straight into their slots.
+func (w *Worker) readWhole(c *conn) (int, error) {
+	p := w.pool
+	moved := 0
+	for moved < turnSamples {
+		if err := w.queued(c.fd); err != nil {
+			return moved, err
+		}
+		k := int(w.inq) / p.payload
+		c.depth.Store(int32(k))
+		if k == 0 {
+			return moved, nil
+		}
+		res, err := w.claim(min(k, w.maxPerRead, turnSamples-moved), c)
+		if err != nil {
+			return moved, err
+		}
+		got, err := w.readInto(c.fd, res)
+		if got > 0 {
+			p.ring.Commit(ringbuf.Reservation{Start: res.Start, N: got})
+			c.owed += got
+			moved += got
+			c.depth.Store(int32(k - got))
+		}
+		if got < res.N {
+			// The unread slots stay claimed by this worker: the next
+			// samples it reads, from any source, fill them.
+			w.spare = ringbuf.Reservation{Start: res.Start + uint64(got), N: res.N - got}
+		}
+		if err != nil {
+			return moved, err
+		}
+	}
+	return moved, nil
+}
+
+// queued stores in w.inq the bytes waiting in fd's receive queue.
+func (w *Worker) queued(fd int) error {
+	// SIOCINQ (FIONREAD) writes an int: read it into a 32-bit field.
+	_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCINQ, uintptr(unsafe.Pointer(&w.inq)))
+	if e != 0 {
+		return os.NewSyscallError("ioctl FIONREAD", e)
+	}
+	return nil
+}
+
+// readInto reads res.N whole samples from fd into res's slots with as few
+// readv calls as IOV_MAX allows, and returns how many it read whole.
+func (w *Worker) readInto(fd int, res ringbuf.Reservation) (int, error) {
+	p := w.pool
+	iov := w.iov[:0]
+	for k := range res.N {
+		for j, n := range p.leafBytes {
+			if n > 0 {
+				slot := p.ring.Slot(res.Start+uint64(k), j)
+				iov = append(iov, unix.Iovec{Base: &slot[0], Len: uint64(n)})
+			}
+		}
+	}
+	want := res.N * p.payload
+	done := 0
+	for len(iov) > 0 {
+		n, err := readv(fd, iov[:min(len(iov), iovMax)])
+		if err != nil {
+			clear(w.iov[:cap(iov)])
+			return done / p.payload, err
+		}
+		if n == 0 {
+			clear(w.iov[:cap(iov)])
+			return done / p.payload, errShortRead
+		}
+		done += n
+		iov = advance(iov, n)
+	}
+	clear(w.iov[:res.N*len(p.leafBytes)])
+	if done != want {
+		return done / p.payload, errShortRead
+	}
+	return res.N, nil
+}
+
+// advance drops the first n bytes from iov.
+func advance(iov []unix.Iovec, n int) []unix.Iovec {
+	for n > 0 && len(iov) > 0 {
+		if uint64(n) < iov[0].Len {
+			iov[0].Base = (*byte)(unsafe.Add(unsafe.Pointer(iov[0].Base), n))
+			iov[0].Len -= uint64(n)
+			return iov
+		}
+		n -= int(iov[0].Len)
+		iov = iov[1:]
+	}
+	return iov
+}
+
+// readv is one readv(2) without the allocation of unix.Readv. EINTR is
+// retried. EAGAIN is an error here: the caller asked only for bytes the
+// kernel said it holds.
+func readv(fd int, iov []unix.Iovec) (int, error) {
+	for {
+		n, _, e := unix.Syscall(unix.SYS_READV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+		switch e {
+		case 0:
+			return int(n), nil
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return 0, errShortRead
+		default:
+			return 0, os.NewSyscallError("readv", e)
+		}
+	}
+}
+
+// readStaged is the path for samples too large to wait whole in the
+// kernel: bytes are read into c.stage as they come, and each completed
+// sample is copied into one slot.
+func (w *Worker) readStaged(c *conn) (int, error) {
+	p := w.pool
+	moved := 0
+	for moved < turnSamples {
+		n, err := unix.Read(c.fd, c.stage[c.staged:])
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			if err := w.queued(c.fd); err != nil {
+				return moved, err
+			}
+			c.depth.Store(int32((int(w.inq) + c.staged) / p.payload))
+			return moved, nil
+		case err != nil:
+			return moved, os.NewSyscallError("read", err)
+		case n == 0:
+			return moved, io.EOF
+		}
+		c.staged += n
+		if c.staged < p.payload {
+			continue
+		}
+		res, err := w.claim(1, c)
+		if err != nil {
+			return moved, err
+		}
+		p.copySample(res.Start, c.stage)
+		p.ring.Commit(res)
+		c.staged = 0
+		c.owed++
+		moved++
+	}
+	return moved, nil
+}
+
+// flush writes c's pending handshake bytes, then its owed acks, until done
+// or the socket's send buffer is full; in the latter case the EPOLLOUT edge
+// brings c back. A peer that does not read its acks therefore costs a
+// counter, never a blocked worker.
+func (w *Worker) flush(c *conn) error {
+	for len(c.out) > 0 {
+		n, err := unix.Write(c.fd, c.out)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return nil
+		case err != nil:
+			return os.NewSyscallError("write", err)
+		}
+		c.out = c.out[n:]
+	}
+	acks := w.pool.acks
+	for c.owed > 0 {
+		n, err := unix.Write(c.fd, acks[:min(c.owed, len(acks))])
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return nil
+		case err != nil:
+			return os.NewSyscallError("write", err)
+		}
+		c.owed -= n
+	}
+	return nil
+}
+
+// claim reserves up to want slots, using the worker's spare slots first and
+// waiting while the ring is full. Before it waits it flushes the acks owed
+// to c (nil for producers): a client bounded by max_inflight must learn of
+// the samples already in the ring, or it would wait for acks the worker is
+// holding. It returns ringbuf.ErrClosed once the ring is closed.
+func (w *Worker) claim(want int, c *conn) (ringbuf.Reservation, error) {
+	if w.spare.N > 0 {
+		res := ringbuf.Reservation{Start: w.spare.Start, N: min(want, w.spare.N)}
+		w.spare.Start += uint64(res.N)
+		w.spare.N -= res.N
+		return res, nil
+	}
+	ring := w.pool.ring
+	detailed := w.pool.detailed
+	blocked := false
+	for {
+		res, fails, ok := ring.Reserve(want)
+		if detailed && fails > 0 {
+			w.casFailure.Add(uint64(fails))
+		}
+		if ok {
+			if detailed {
+				w.casSuccess.Add(1)
+			}
+			return res, nil
+		}
+		if !blocked {
+			blocked = true
+			w.pushBlocked.Add(1)
+			if c != nil && c.owed > 0 {
+				// An error here resurfaces at the connection's next
+				// write, which drops it.
+				_ = w.flush(c)
+			}
+		}
+		if detailed {
+			w.retries.Add(1)
+		}
+		if err := ring.WaitSpace(); err != nil {
+			return ringbuf.Reservation{}, err
+		}
+	}
+}
+
+// serveBacklog gives every connection on the backlog another turn.
+func (w *Worker) serveBacklog() (int, error) {
+	moved := 0
+	pending := w.backlog
+	w.backlog = w.backlogSpare[:0]
+	w.backlogSpare = pending
+	for i, c := range pending {
+		pending[i] = nil
+		c.inBacklog = false
+		if c.fd < 0 {
+			continue // dropped since it was queued
+		}
+		n, err := w.serve(c)
+		moved += n
+		if err != nil {
+			clear(pending[i:])
+			return moved, err
+		}
+	}
+	return moved, nil
+}

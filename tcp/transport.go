@@ -1,0 +1,240 @@
+// Package tcp is the network side of the ingress: transports that open
+// listening sockets, and the acceptor that hands each accepted connection to
+// the ingress pool, whose epoll workers then own it (ingress/conn.go reads
+// samples straight into ring slots).
+//
+// Two transports share that code: TCP, for actors on other hosts, and
+// Unix-domain stream sockets, for actors on the same host. Both speak the
+// same wire protocol (package wire).
+package tcp
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// DefaultReceiveBuffer is the SO_RCVBUF set on TCP listening sockets, which
+// accepted sockets inherit before the TCP window is negotiated. With the
+// kernel's autotuning instead (128 KiB to start), a sample of ~128 KiB or
+// more never fits whole in the window, and a reader that waits for whole
+// samples deadlocks; set after accept, it comes too late. Linux caps it at
+// net.core.rmem_max.
+const DefaultReceiveBuffer = 4 << 20
+
+// AckSendBuffer is the SO_SNDBUF of accepted TCP sockets. The server sends
+// only the handshake and one byte per sample, so a small buffer suffices,
+// and it bounds the kernel memory a peer that never reads its acks can pin.
+const AckSendBuffer = 64 << 10
+
+// listenBacklog is the accept queue length asked of listen(2); the kernel
+// caps it at net.core.somaxconn.
+const listenBacklog = 4096
+
+// gateFactor: a connection reads whole samples straight from the kernel
+// only while this many of them fit in its receive window. Measured here
+// with SO_RCVBUF = 4 MiB: 1 MiB samples flow at ~3.6 GB/s through the
+// whole-sample gate, 4 MiB samples collapse to 0.16 GB/s. Bigger samples
+// are staged instead.
+const gateFactor = 4
+
+// Transport opens a listening socket for the server's ingress.
+type Transport interface {
+	// Listen binds and listens, returning a non-blocking, close-on-exec
+	// listening socket.
+	Listen() (*Listener, error)
+}
+
+// Listener is a listening socket of some transport.
+type Listener struct {
+	fd      int
+	addr    net.Addr
+	prepare func(fd, payload int) (gated bool, err error)
+	cleanup func() error
+}
+
+// Addr returns the address the listener is bound to (with the port the
+// kernel chose, for port 0).
+func (l *Listener) Addr() net.Addr { return l.addr }
+
+// close closes the socket and removes what the transport left behind.
+func (l *Listener) close() error {
+	err := wrap("close listener", unix.Close(l.fd))
+	if l.cleanup != nil {
+		err = errors.Join(err, l.cleanup())
+	}
+	return err
+}
+
+// TCP returns a transport listening on addr, in Go's convention: "host:port",
+// where an empty host listens on every interface (IPv4 and IPv6) and port 0
+// lets the kernel choose. Listen on "127.0.0.1:port" to accept only local
+// actors. receiveBuffer is the SO_RCVBUF asked for each connection; zero
+// means DefaultReceiveBuffer.
+func TCP(addr string, receiveBuffer int) Transport {
+	if receiveBuffer <= 0 {
+		receiveBuffer = DefaultReceiveBuffer
+	}
+	return tcpTransport{addr: addr, rcvbuf: receiveBuffer}
+}
+
+type tcpTransport struct {
+	addr   string
+	rcvbuf int
+}
+
+func (t tcpTransport) Listen() (*Listener, error) {
+	ta, err := net.ResolveTCPAddr("tcp", t.addr)
+	if err != nil {
+		return nil, fmt.Errorf("tcp: listen %q: %w", t.addr, err)
+	}
+	var fd int
+	var sa unix.Sockaddr
+	if ip4 := ta.IP.To4(); ip4 != nil {
+		fd, err = socket(unix.AF_INET)
+		sa = &unix.SockaddrInet4{Port: ta.Port, Addr: [4]byte(ip4)}
+	} else {
+		// No host or an IPv6 one. With no host, one dual-stack socket
+		// takes IPv4 too (echo's Python client dials IPv4 only), and a
+		// kernel without IPv6 falls back to IPv4.
+		fd, err = socket(unix.AF_INET6)
+		if err != nil && len(ta.IP) == 0 && errors.Is(err, unix.EAFNOSUPPORT) {
+			fd, err = socket(unix.AF_INET)
+			sa = &unix.SockaddrInet4{Port: ta.Port}
+		} else {
+			s6 := &unix.SockaddrInet6{Port: ta.Port}
+			copy(s6.Addr[:], ta.IP.To16())
+			if ta.Zone != "" {
+				if ifi, e := net.InterfaceByName(ta.Zone); e == nil {
+					s6.ZoneId = uint32(ifi.Index)
+				}
+			}
+			sa = s6
+			if err == nil && len(ta.IP) == 0 {
+				err = wrap("setsockopt IPV6_V6ONLY", unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0))
+			}
+		}
+	}
+	if err != nil {
+		if fd > 0 {
+			unix.Close(fd)
+		}
+		return nil, fmt.Errorf("tcp: listen %q: %w", t.addr, err)
+	}
+	err = errors.Join(
+		wrap("setsockopt SO_REUSEADDR", unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)),
+		wrap("setsockopt SO_RCVBUF", unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, t.rcvbuf)))
+	if err == nil {
+		err = wrap("bind", unix.Bind(fd, sa))
+	}
+	if err == nil {
+		err = wrap("listen", unix.Listen(fd, listenBacklog))
+	}
+	var bound unix.Sockaddr
+	if err == nil {
+		bound, err = unix.Getsockname(fd)
+		err = wrap("getsockname", err)
+	}
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("tcp: listen %q: %w", t.addr, err)
+	}
+	var addr *net.TCPAddr
+	switch b := bound.(type) {
+	case *unix.SockaddrInet4:
+		addr = &net.TCPAddr{IP: net.IP(b.Addr[:]).To16(), Port: b.Port}
+	case *unix.SockaddrInet6:
+		addr = &net.TCPAddr{IP: net.IP(b.Addr[:]), Port: b.Port, Zone: ta.Zone}
+	}
+	return &Listener{fd: fd, addr: addr, prepare: prepareTCP}, nil
+}
+
+// prepareTCP configures an accepted TCP socket: no Nagle delay on acks, and
+// the whole-sample gate when the inherited receive buffer holds gateFactor
+// samples.
+func prepareTCP(fd, payload int) (bool, error) {
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
+		return false, wrap("setsockopt TCP_NODELAY", err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, AckSendBuffer); err != nil {
+		return false, wrap("setsockopt SO_SNDBUF", err)
+	}
+	// The kernel reports twice the size asked for; half of that is what
+	// the window can use.
+	buf, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF)
+	if err != nil {
+		return false, wrap("getsockopt SO_RCVBUF", err)
+	}
+	if gateFactor*payload > buf/2 {
+		return false, nil
+	}
+	// Readable only once a whole sample is queued: no wake-up per segment.
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVLOWAT, payload); err != nil {
+		return false, wrap("setsockopt SO_RCVLOWAT", err)
+	}
+	return true, nil
+}
+
+// Unix returns a transport listening on a Unix-domain stream socket at
+// path. Listen fails if path exists; closing the listener removes it.
+func Unix(path string) Transport { return unixTransport{path: path} }
+
+type unixTransport struct{ path string }
+
+func (t unixTransport) Listen() (*Listener, error) {
+	fd, err := socket(unix.AF_UNIX)
+	if err == nil {
+		err = wrap("bind", unix.Bind(fd, &unix.SockaddrUnix{Name: t.path}))
+		if err == nil {
+			if err = wrap("listen", unix.Listen(fd, listenBacklog)); err != nil {
+				os.Remove(t.path)
+			}
+		}
+		if err != nil {
+			unix.Close(fd)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("tcp: listen unix %q: %w", t.path, err)
+	}
+	return &Listener{
+		fd:      fd,
+		addr:    &net.UnixAddr{Name: t.path, Net: "unix"},
+		prepare: prepareUnix,
+		cleanup: func() error { return os.Remove(t.path) },
+	}, nil
+}
+
+// prepareUnix decides the gate of an accepted Unix socket. A Unix stream
+// charges queued bytes to the sender's send buffer, so the gate assumes the
+// peer's is the default, the same size as this end's.
+func prepareUnix(fd, payload int) (bool, error) {
+	buf, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF)
+	if err != nil {
+		return false, wrap("getsockopt SO_SNDBUF", err)
+	}
+	return gateFactor*payload <= buf/2, nil
+}
+
+// socket makes a non-blocking, close-on-exec stream socket.
+func socket(family int) (int, error) {
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, os.NewSyscallError("socket", err)
+	}
+	return fd, nil
+}
+
+// wrap names a syscall error, passing nil through.
+func wrap(name string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return os.NewSyscallError(name, err)
+}
+
+// Close closes a listener that was never handed to Serve.
+func (l *Listener) Close() error { return l.close() }
