@@ -6,7 +6,9 @@ import (
 	"context"
 	"testing"
 
+	"github.com/seed-a9ef92a1/echo"
 	"github.com/seed-a9ef92a1/echo/bench"
+	"github.com/seed-a9ef92a1/echo/pytree"
 )
 
 // TestSubmitSampleAllocatesNothing proves the in-process hot path's zero
@@ -64,5 +66,68 @@ func TestProducerSendAllocatesNothing(t *testing.T) {
 				t.Fatalf("Send×%d + Sample allocates %.1f times, want 0", w.BatchSize, n)
 			}
 		})
+	}
+}
+
+// TestTCPSendSampleAllocatesNothing covers the network path end to end:
+// Client.Send, the epoll worker's FIONREAD/readv/ack write, the client's
+// ack reader, and Sample. AllocsPerRun counts the allocations of every
+// goroutine.
+func TestTCPSendSampleAllocatesNothing(t *testing.T) {
+	for _, w := range bench.Workloads() {
+		t.Run(w.Short, func(t *testing.T) {
+			sample := w.MustSample(1)
+			s := newServerFor(t, sample, w.BatchSize, echo.WithTCP("127.0.0.1:0"))
+			if err := s.Start(); err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			c, err := echo.Dial(ctx, s.Addr().String(), sample)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			round := func() {
+				for range w.BatchSize {
+					if err := c.Send(sample); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if _, err := s.Sample(ctx); err != nil {
+					t.Fatal(err)
+				}
+				if err := c.Wait(ctx); err != nil {
+					t.Fatal(err)
+				}
+			}
+			round()
+			if n := testing.AllocsPerRun(10, round); n != 0 {
+				t.Fatalf("Client.Send×%d + Sample allocates %.1f times, want 0", w.BatchSize, n)
+			}
+		})
+	}
+}
+
+// TestTrajectoryAddAllocatesNothing: steps are copied into reused buffers.
+func TestTrajectoryAddAllocatesNothing(t *testing.T) {
+	acc, err := echo.NewTrajectoryAccumulator(trajectoryExample(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	step := map[string]any{"obs": pytree.MustOf(make([]float32, 4)), "reward": pytree.Scalar(float32(1))}
+	ep := map[string]any{"return": pytree.Scalar(float64(1)), "seed": pytree.MustOf([]int64{1, 2})}
+	round := func() {
+		for range 3 {
+			if err := acc.Add("steps", step); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := acc.Add("episode", ep); err != nil {
+			t.Fatal(err)
+		}
+		acc.Build()
+	}
+	if n := testing.AllocsPerRun(20, round); n != 0 {
+		t.Fatalf("Add×4 + Build allocates %.1f times, want 0", n)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -671,4 +672,42 @@ func TestAcksNotReadDoNotBlock(t *testing.T) {
 	if len(l.seen) != lazySamples+16 {
 		t.Fatalf("%d samples delivered, want %d", len(l.seen), lazySamples+16)
 	}
+}
+
+func TestSendBatch(t *testing.T) {
+	const batch = 8
+	s := startTCP(t, batch, echo.WithNumBuffers(5)) // room for all 40
+	c, err := echo.Dial(context.Background(), s.Addr().String(), numbered(0, 0), echo.WithMaxInflight(5))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// 37 samples in calls of 1, 12 (more than max inflight: split into
+	// writes of 5) and 24.
+	seq := 0
+	for _, n := range []int{1, 12, 24} {
+		trees := make([]any, n)
+		for i := range trees {
+			trees[i] = numbered(3, seq)
+			seq++
+		}
+		if err := c.SendBatch(trees); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A bad tree anywhere refuses the whole call.
+	bad := numbered(3, seq)
+	bad["payload"] = pytree.MustOf(make([]uint8, 2))
+	if err := c.SendBatch([]any{numbered(3, seq), bad}); !errors.Is(err, echo.ErrPayloadSize) || !strings.Contains(err.Error(), "tree 1") {
+		t.Fatalf("SendBatch with a short tree: %v, want ErrPayloadSize naming tree 1", err)
+	}
+	if err := c.SendBatch([]any{numbered(3, seq), numbered(3, seq+1), numbered(3, seq+2)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	l := newLedger()
+	sampleN(t, s, l, 40, batch)
+	l.expectAll(t, []int{3}, 40)
 }

@@ -176,9 +176,8 @@ func (t *TrajectoryAccumulator) Add(name string, step any) error {
 	}
 	leaves, err := ts.step.FlattenInto(step, ts.scratch)
 	if err != nil {
-		var altErr error
-		if leaves, altErr = ts.alt.FlattenInto(step, ts.scratch); altErr != nil {
-			clear(ts.scratch[:cap(ts.scratch)])
+		clear(ts.scratch[:cap(ts.scratch)])
+		if leaves, err = ts.lenient(step, err); err != nil {
 			return fmt.Errorf("%w: timescale %q: %w", ErrSpecMismatch, name, err)
 		}
 	}
@@ -193,6 +192,24 @@ func (t *TrajectoryAccumulator) Add(name string, step any) error {
 	clear(leaves)
 	ts.filled++
 	return nil
+}
+
+// lenient accepts, leaf by leaf, the shapes numpy's assignment would: a
+// step leaf with a leading 1 added or dropped (see ts.alt). It is the slow
+// path, taken only after the exact match failed with exact.
+func (ts *timescale) lenient(step any, exact error) ([]pytree.Array, error) {
+	leaves, paths, err := pytree.Flatten(step)
+	if err != nil || len(leaves) != len(ts.leaves) {
+		return nil, exact
+	}
+	want, alt := ts.step.Leaves(), ts.alt.Leaves()
+	for i, a := range leaves {
+		if paths[i] != want[i].Path || a.DType() != want[i].DType ||
+			!(slices.Equal(a.Shape(), want[i].Shape) || slices.Equal(a.Shape(), alt[i].Shape)) {
+			return nil, exact
+		}
+	}
+	return leaves, nil
 }
 
 // Len returns the steps written to the named timescale since the last

@@ -2,10 +2,12 @@ package ingress
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -27,6 +29,15 @@ type Worker struct {
 	pool *Pool
 	epfd int // epoll set: the eventfd and the worker's sockets
 	efd  int // eventfd that producers write to wake a parked worker
+	// epoll is epfd registered with Go's own poller, so that a parked
+	// worker is a goroutine waiting for its epoll set to become readable,
+	// not a thread blocked in epoll_wait (see park). It owns epfd.
+	epoll   *os.File
+	epollRC syscall.RawConn
+	// tryWaitFn is w.tryWait bound once; ready and waitErr are its results.
+	tryWaitFn func(fd uintptr) bool
+	ready     int
+	waitErr   error
 
 	// conns is the connection table, indexed by the slot carried in each
 	// socket's epoll event; slot 0 is the eventfd's, so conns[0] is nil.
@@ -96,16 +107,33 @@ func newWorker(p *Pool) (*Worker, error) {
 		w.closeFDs()
 		return nil, os.NewSyscallError("epoll_ctl add", err)
 	}
+	// An epoll fd is readable while events are ready in it. Non-blocking,
+	// os.NewFile registers it with the runtime's poller.
+	if err := unix.SetNonblock(w.epfd, true); err != nil {
+		w.closeFDs()
+		return nil, os.NewSyscallError("fcntl O_NONBLOCK", err)
+	}
+	w.epoll = os.NewFile(uintptr(w.epfd), "ingress-epoll")
+	rc, err := w.epoll.SyscallConn()
+	if err != nil {
+		w.closeFDs()
+		return nil, fmt.Errorf("ingress: epoll set: %w", err)
+	}
+	w.epollRC = rc
+	w.tryWaitFn = w.tryWait
 	return w, nil
 }
 
 func (w *Worker) closeFDs() error {
 	w.fdMu.Lock()
 	defer w.fdMu.Unlock()
-	err := errors.Join(
-		wrapSyscall("close eventfd", unix.Close(w.efd)),
-		wrapSyscall("close epoll", unix.Close(w.epfd)))
-	w.efd, w.epfd = -1, -1
+	err := wrapSyscall("close eventfd", unix.Close(w.efd))
+	if w.epoll != nil {
+		err = errors.Join(err, w.epoll.Close())
+	} else {
+		err = errors.Join(err, wrapSyscall("close epoll", unix.Close(w.epfd)))
+	}
+	w.efd, w.epfd, w.epoll = -1, -1, nil
 	return err
 }
 
@@ -317,7 +345,7 @@ func (w *Worker) park() (int, error) {
 		}
 		return 0, nil
 	}
-	n, err := w.wait(-1)
+	n, err := w.waitReady()
 	w.parked.Store(false)
 	if err != nil {
 		return 0, err
@@ -341,6 +369,26 @@ func (w *Worker) poll(timeout int) (int, error) {
 	}
 	m, err := w.dispatch(w.events[:n])
 	return moved + m, err
+}
+
+// waitReady parks the worker's goroutine in Go's poller until its epoll
+// set has events, then collects them. Parked this way, the worker holds no
+// OS thread and is woken by the scheduler like any network goroutine;
+// a thread blocked in epoll_wait would have to win back a P after every
+// wake, which on a few cores costs more than the work it wakes for.
+func (w *Worker) waitReady() (int, error) {
+	w.ready, w.waitErr = 0, nil
+	if err := w.epollRC.Read(w.tryWaitFn); err != nil {
+		return 0, fmt.Errorf("ingress: waiting on epoll set: %w", err)
+	}
+	return w.ready, w.waitErr
+}
+
+// tryWait is waitReady's callback: it returns false (wait for readiness)
+// while no event is ready.
+func (w *Worker) tryWait(fd uintptr) bool {
+	w.ready, w.waitErr = w.wait(0)
+	return w.ready > 0 || w.waitErr != nil
 }
 
 // wait is epoll_wait with EINTR retried.
