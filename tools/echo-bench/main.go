@@ -1,0 +1,387 @@
+// Command echo-bench measures this package's TCP server side by side with
+// echo's own (the id-echo Python package, a Rust core), over loopback, in
+// one run: the same Go load generator (echo Clients) against both servers,
+// and echo's own Python TcpClient against both, for W1/W2/W3 at several
+// client counts. It prints one table with the ratios, and writes it as JSON
+// and as an SVG chart, with the machine it ran on.
+//
+//	go run ./tools/echo-bench [--quick] [--json out.json] [--svg out.svg]
+//
+// echo's side needs a Python with id-echo (the project's .venv, made by
+// .ci/run, or --python); without one, echo-bench measures the Go server
+// alone and says so.
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/klauspost/cpuid/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/seed-a9ef92a1/echo"
+	"github.com/seed-a9ef92a1/echo/bench"
+)
+
+type options struct {
+	quick      bool
+	jsonPath   string
+	svgPath    string
+	python     string
+	interopDir string
+	cpuprofile string
+	clients    []int
+	workloads  []string
+	group      int
+}
+
+func main() {
+	var o options
+	var clients, workloads string
+	flag.BoolVar(&o.quick, "quick", false, "a fraction of the samples per cell, to finish within a minute (CI)")
+	flag.StringVar(&o.jsonPath, "json", "echo-bench.json", "write the results here as JSON (empty: don't)")
+	flag.StringVar(&o.svgPath, "svg", "echo-bench.svg", "write the chart here as SVG (empty: don't)")
+	flag.StringVar(&o.python, "python", filepath.Join(".venv", "bin", "python"), "Python with id-echo installed")
+	flag.StringVar(&o.interopDir, "interop-dir", filepath.Join("tools", "interop"), "where bench_server.py and bench_client.py are")
+	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of this process (Go server and Go clients) here")
+	flag.StringVar(&clients, "clients", "1,16,256", "client counts")
+	flag.StringVar(&workloads, "workloads", "W1,W2,W3", "workloads")
+	flag.IntVar(&o.group, "group", 1, "samples per Go client call: 1 is Client.Send, more is Client.SendBatch")
+	flag.Parse()
+	for _, c := range strings.Split(clients, ",") {
+		var n int
+		if _, err := fmt.Sscan(c, &n); err != nil || n < 1 {
+			fatal(fmt.Errorf("bad --clients %q", clients))
+		}
+		o.clients = append(o.clients, n)
+	}
+	o.workloads = strings.Split(workloads, ",")
+	if err := run(o); err != nil {
+		fatal(err)
+	}
+}
+
+func fatal(err error) {
+	fmt.Fprintln(os.Stderr, "echo-bench:", err)
+	os.Exit(1)
+}
+
+// Result is one cell: a load generator against a server.
+type Result struct {
+	Workload string  `json:"workload"`
+	Clients  int     `json:"clients"`
+	Server   string  `json:"server"` // "go" or "echo"
+	Load     string  `json:"load"`   // "go" or "python"
+	Samples  int     `json:"samples"`
+	Seconds  float64 `json:"seconds"`
+	Rate     float64 `json:"samples_per_s"`
+	GBps     float64 `json:"gb_per_s"`
+}
+
+// Report is what echo-bench writes as JSON.
+type Report struct {
+	Machine     Machine  `json:"machine"`
+	EchoVersion string   `json:"echo_version,omitempty"`
+	Group       int      `json:"go_client_group"`
+	Quick       bool     `json:"quick"`
+	Results     []Result `json:"results"`
+}
+
+// Machine describes where the figures come from.
+type Machine struct {
+	CPU       string   `json:"cpu"`
+	Cores     int      `json:"cores"`
+	CacheLine int      `json:"cache_line_bytes"`
+	Features  []string `json:"features"`
+	Kernel    string   `json:"kernel"`
+	Go        string   `json:"go"`
+	HugePages string   `json:"transparent_hugepages"`
+}
+
+func machine() Machine {
+	m := Machine{
+		CPU: cpuid.CPU.BrandName, Cores: runtime.NumCPU(), CacheLine: cpuid.CPU.CacheLine,
+		Go: runtime.Version(),
+	}
+	for _, f := range []cpuid.FeatureID{cpuid.AVX2, cpuid.AVX512F, cpuid.ERMS, cpuid.FSRM} {
+		if cpuid.CPU.Supports(f) {
+			m.Features = append(m.Features, f.String())
+		}
+	}
+	var u unix.Utsname
+	if unix.Uname(&u) == nil {
+		m.Kernel = unix.ByteSliceToString(u.Release[:])
+	}
+	if b, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/enabled"); err == nil {
+		m.HugePages = strings.TrimSpace(string(b))
+	}
+	return m
+}
+
+func run(o options) error {
+	if o.cpuprofile != "" {
+		f, err := os.Create(o.cpuprofile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	rep := Report{Machine: machine(), Group: o.group, Quick: o.quick}
+	fmt.Printf("%s, %d cores, %d-byte cache lines, %v; Linux %s, %s, THP %s\n",
+		rep.Machine.CPU, rep.Machine.Cores, rep.Machine.CacheLine, rep.Machine.Features,
+		rep.Machine.Kernel, rep.Machine.Go, rep.Machine.HugePages)
+	if rep.Machine.Cores < 8 {
+		fmt.Printf("note: clients and servers share %d cores; many clients measure contention, not scaling\n", rep.Machine.Cores)
+	}
+	version, pyErr := echoVersion(o.python)
+	if pyErr != nil {
+		fmt.Printf("note: echo's side skipped: %v\n", pyErr)
+	} else {
+		rep.EchoVersion = version
+		fmt.Printf("echo (id-echo) %s via %s\n", version, o.python)
+	}
+
+	var cells []cell
+	for _, name := range o.workloads {
+		w, err := bench.Get(strings.TrimSpace(name))
+		if err != nil {
+			return err
+		}
+		for _, n := range o.clients {
+			for _, server := range []string{"go", "echo"} {
+				for _, load := range []string{"go", "python"} {
+					if pyErr != nil && (server == "echo" || load == "python") {
+						continue
+					}
+					cells = append(cells, cell{w: w, clients: n, server: server, load: load})
+				}
+			}
+		}
+	}
+	dir, err := os.MkdirTemp("", "echo-bench")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	for i, c := range cells {
+		fmt.Printf("\r[%s] %d/%d  %s clients=%d server=%s load=%s          ",
+			progress(i, len(cells)), i+1, len(cells), c.w.Short, c.clients, c.server, c.load)
+		r, err := c.measure(o, dir)
+		if err != nil {
+			return fmt.Errorf("%s clients=%d server=%s load=%s: %w", c.w.Short, c.clients, c.server, c.load, err)
+		}
+		rep.Results = append(rep.Results, r)
+	}
+	fmt.Printf("\r[%s] %d/%d done%s\n\n", progress(len(cells), len(cells)), len(cells), len(cells), strings.Repeat(" ", 40))
+	printTable(os.Stdout, rep)
+	if o.jsonPath != "" {
+		b, _ := json.MarshalIndent(rep, "", "  ")
+		if err := os.WriteFile(o.jsonPath, append(b, '\n'), 0o644); err != nil {
+			return err
+		}
+	}
+	if o.svgPath != "" {
+		if err := os.WriteFile(o.svgPath, []byte(chart(rep)), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func progress(i, n int) string {
+	const width = 24
+	done := width * i / max(1, n)
+	return strings.Repeat("#", done) + strings.Repeat(".", width-done)
+}
+
+// cell is one measurement to make.
+type cell struct {
+	w       bench.Workload
+	clients int
+	server  string
+	load    string
+}
+
+// samples is how many samples a cell sends in all: about a second's worth
+// for the Go load generator here, fewer for Python's.
+func (c cell) samples(quick bool) int {
+	n := map[string]int{"W1": 200000, "W2": 40000, "W3": 2000}[c.w.Short]
+	if c.load == "python" {
+		n /= 8
+	}
+	if quick {
+		n /= 20
+	}
+	return max(n, c.clients)
+}
+
+func (c cell) measure(o options, dir string) (Result, error) {
+	per := (c.samples(o.quick) + c.clients - 1) / c.clients
+	r := Result{Workload: c.w.Short, Clients: c.clients, Server: c.server, Load: c.load, Samples: per * c.clients}
+	var addr string
+	var stop func() error
+	var err error
+	if c.server == "go" {
+		addr, stop, err = startGoServer(c.w)
+	} else {
+		addr, stop, err = startEchoServer(o, dir, c.w)
+	}
+	if err != nil {
+		return r, err
+	}
+	var d time.Duration
+	if c.load == "go" {
+		d, err = goLoad(addr, c.w, c.clients, per, o.group)
+	} else {
+		d, err = pythonLoad(o, dir, addr, c.w, c.clients, per)
+	}
+	err = errors.Join(err, stop())
+	r.Seconds = d.Seconds()
+	r.Rate = float64(r.Samples) / r.Seconds
+	r.GBps = r.Rate * float64(c.w.PayloadBytes) / 1e9
+	return r, err
+}
+
+// startGoServer runs this package's server with a consumer taking batches
+// as fast as they complete.
+func startGoServer(w bench.Workload) (string, func() error, error) {
+	s, err := echo.NewServer(w.MustSample(0), w.BatchSize, echo.WithTCP("127.0.0.1:0"))
+	if err != nil {
+		return "", nil, err
+	}
+	if err := s.Start(); err != nil {
+		s.Close()
+		return "", nil, err
+	}
+	var consumer sync.WaitGroup
+	consumer.Go(func() {
+		for {
+			if _, err := s.Sample(context.Background()); err != nil {
+				return
+			}
+		}
+	})
+	return s.Addr().String(), func() error {
+		err := s.Close()
+		consumer.Wait()
+		return err
+	}, nil
+}
+
+// workloadFile writes w as JSON for the Python scripts.
+func workloadFile(dir string, w bench.Workload) (string, error) {
+	path := filepath.Join(dir, w.Short+".json")
+	b, err := json.Marshal(w)
+	if err != nil {
+		return "", err
+	}
+	return path, os.WriteFile(path, b, 0o644)
+}
+
+// startEchoServer runs echo's server (bench_server.py) until stop closes
+// its stdin.
+func startEchoServer(o options, dir string, w bench.Workload) (string, func() error, error) {
+	wf, err := workloadFile(dir, w)
+	if err != nil {
+		return "", nil, err
+	}
+	cmd := exec.Command(o.python, filepath.Join(o.interopDir, "bench_server.py"), "--workload", wf)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return "", nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return "", nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return "", nil, err
+	}
+	lines := bufio.NewScanner(stdout)
+	var hello struct{ Port int }
+	if !lines.Scan() || json.Unmarshal(lines.Bytes(), &hello) != nil || hello.Port == 0 {
+		cmd.Process.Kill()
+		cmd.Wait()
+		return "", nil, fmt.Errorf("bench_server.py did not start: %s", stderr.String())
+	}
+	return fmt.Sprintf("127.0.0.1:%d", hello.Port), func() error {
+		stdin.Close()
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				return fmt.Errorf("bench_server.py: %w: %s", err, stderr.String())
+			}
+			return nil
+		case <-time.After(30 * time.Second):
+			cmd.Process.Kill()
+			return fmt.Errorf("bench_server.py did not stop: %s", stderr.String())
+		}
+	}, nil
+}
+
+// goLoad is the Go load generator: clients connect, then each sends per
+// samples and waits for the acks; the clock covers the sending.
+func goLoad(addr string, w bench.Workload, clients, per, group int) (time.Duration, error) {
+	ctx := context.Background()
+	sample := w.MustSample(1)
+	cl, err := bench.DialClients(ctx, addr, sample, clients)
+	if err != nil {
+		return 0, err
+	}
+	defer bench.CloseClients(cl)
+	t0 := time.Now()
+	err = bench.SendAll(ctx, cl, sample, per, group)
+	return time.Since(t0), err
+}
+
+// pythonLoad runs echo's own TcpClient (bench_client.py); it times itself.
+func pythonLoad(o options, dir, addr string, w bench.Workload, clients, per int) (time.Duration, error) {
+	wf, err := workloadFile(dir, w)
+	if err != nil {
+		return 0, err
+	}
+	port := addr[strings.LastIndexByte(addr, ':')+1:]
+	out, err := exec.Command(o.python, filepath.Join(o.interopDir, "bench_client.py"),
+		"--port", port, "--workload", wf, "--clients", fmt.Sprint(clients), "--samples", fmt.Sprint(per)).Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			err = fmt.Errorf("%w: %s", err, ee.Stderr)
+		}
+		return 0, fmt.Errorf("bench_client.py: %w", err)
+	}
+	var res struct{ Seconds float64 }
+	if err := json.Unmarshal(out, &res); err != nil || res.Seconds <= 0 {
+		return 0, fmt.Errorf("bench_client.py said %q", out)
+	}
+	return time.Duration(res.Seconds * float64(time.Second)), nil
+}
+
+// echoVersion checks that python has echo.
+func echoVersion(python string) (string, error) {
+	out, err := exec.Command(python, "-c", "import echo; print(echo.__version__)").Output()
+	if err != nil {
+		return "", fmt.Errorf("no Python with id-echo at %s (run .ci/run or pass --python): %v", python, err)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
