@@ -6,9 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/seed-a9ef92a1/echo"
 	"github.com/seed-a9ef92a1/echo/pytree"
@@ -307,4 +311,67 @@ func SendAll(ctx context.Context, clients []*echo.Client, sample any, perClient,
 	}
 	wg.Wait()
 	return errors.Join(errs...)
+}
+
+// SettleTCP waits (up to 5 s) until the kernel's TCP socket memory, the
+// "mem" of /proc/net/sockstat in pages, is back under 4 MiB, so that one
+// network measurement does not pay for the memory pressure the previous
+// one left behind. Where the file cannot be read it returns at once.
+func SettleTCP() {
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		pages, ok := tcpMemPages()
+		if !ok || pages*4096 < 4<<20 {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// tcpMemPages reads the TCP line of /proc/net/sockstat.
+func tcpMemPages() (int, bool) {
+	b, err := os.ReadFile("/proc/net/sockstat")
+	if err != nil {
+		return 0, false
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.HasPrefix(line, "TCP:") {
+			continue
+		}
+		f := strings.Fields(line)
+		for i := 0; i+1 < len(f); i++ {
+			if f[i] == "mem" {
+				n, err := strconv.Atoi(f[i+1])
+				return n, err == nil
+			}
+		}
+	}
+	return 0, false
+}
+
+// TCPTimeouts returns the kernel's count of TCP retransmission timeouts
+// (TcpExt TCPTimeouts in /proc/net/netstat), -1 where it cannot be read.
+// On loopback a timeout means a segment was dropped, almost always for
+// socket memory, and costs at least 200 ms.
+func TCPTimeouts() int64 {
+	b, err := os.ReadFile("/proc/net/netstat")
+	if err != nil {
+		return -1
+	}
+	lines := strings.Split(string(b), "\n")
+	for i := 0; i+1 < len(lines); i++ {
+		if !strings.HasPrefix(lines[i], "TcpExt:") || !strings.HasPrefix(lines[i+1], "TcpExt:") {
+			continue
+		}
+		names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+		for j, n := range names {
+			if n == "TCPTimeouts" && j < len(values) {
+				v, err := strconv.ParseInt(values[j], 10, 64)
+				if err == nil {
+					return v
+				}
+			}
+		}
+	}
+	return -1
 }
