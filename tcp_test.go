@@ -711,3 +711,40 @@ func TestSendBatch(t *testing.T) {
 	sampleN(t, s, l, 40, batch)
 	l.expectAll(t, []int{3}, 40)
 }
+
+// TestDialWhileRingFull: a worker waiting for ring space must not keep a
+// new actor waiting for its handshake.
+func TestDialWhileRingFull(t *testing.T) {
+	s := startTCP(t, 1, echo.WithNumBuffers(2), echo.WithNumDrainers(1))
+	first, err := echo.Dial(context.Background(), s.Addr().String(), numbered(0, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	for seq := range 5 { // 2 fill the ring, 3 wait in the socket
+		if err := first.Send(numbered(0, seq)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(20 * time.Millisecond) // the worker reaches the full ring
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	second, err := echo.Dial(ctx, s.Addr().String(), numbered(0, 0))
+	if err != nil {
+		t.Fatalf("Dial while the only worker waits on a full ring: %v", err)
+	}
+	defer second.Close()
+	if err := second.Send(numbered(1, 0)); err != nil {
+		t.Fatal(err)
+	}
+	l := newLedger()
+	sampleN(t, s, l, 6, 1)
+	for seq := range 5 {
+		if !l.seen[[2]int{0, seq}] {
+			t.Fatalf("first client's seq %d missing", seq)
+		}
+	}
+	if !l.seen[[2]int{1, 0}] {
+		t.Fatal("second client's sample missing")
+	}
+}

@@ -72,14 +72,33 @@ type conn struct {
 	depth atomic.Int32
 }
 
-// AddConn hands an accepted, non-blocking, connected stream socket to the
-// worker with the fewest connections, which sends it the handshake and
-// moves its samples into the ring from then on. gated says whether the
-// socket can buffer several whole samples (see the tcp package), in which
-// case samples wait in the kernel until whole and are read straight into
-// their slots. The pool owns fd from now on, even when AddConn fails.
+// AddConn sends the handshake on an accepted, non-blocking, connected
+// stream socket and hands it to the worker with the fewest connections,
+// which moves its samples into the ring from then on. gated says whether
+// the socket can buffer several whole samples (see the tcp package), in
+// which case samples wait in the kernel until whole and are read straight
+// into their slots. The pool owns fd from now on, even when AddConn fails.
+//
+// The handshake goes out here, on the caller's goroutine, because a worker
+// may be waiting for the learner to free ring space: a new actor must not
+// wait with it to learn what to send. A fresh socket takes a handshake of
+// any usual size whole; what does not fit is left for the worker.
 func (p *Pool) AddConn(fd int, gated bool) error {
 	c := &conn{fd: fd, gated: gated, out: p.handshake}
+	for len(c.out) > 0 {
+		n, err := unix.Write(fd, c.out)
+		if err == unix.EINTR {
+			continue
+		}
+		if err == unix.EAGAIN {
+			break
+		}
+		if err != nil {
+			unix.Close(fd) // the peer left already
+			return os.NewSyscallError("write handshake", err)
+		}
+		c.out = c.out[n:]
+	}
 	if !gated {
 		c.stage = make([]byte, p.payload)
 	}

@@ -111,9 +111,11 @@ func (a *Acceptor) acceptAll(l *Listener) {
 			unix.Close(fd) // the peer sees the connection close
 			continue
 		}
-		if err := a.pool.AddConn(fd, gated); err != nil {
-			return // the pool is closed; AddConn closed fd
+		if err := a.pool.AddConn(fd, gated); errors.Is(err, ingress.ErrClosed) {
+			return // AddConn closed fd
 		}
+		// Any other error is this peer's alone (it left before its
+		// handshake); AddConn closed its fd.
 	}
 }
 

@@ -25,17 +25,18 @@ import (
 
 func main() {
 	workload := flag.String("workload", "W2", "workload: W1, W2 or W3")
-	producers := flag.Int("producers", 4, "producer goroutines")
+	clients := flag.Int("clients", 8, "actors sending over TCP on loopback")
+	producers := flag.Int("producers", 0, "in-process producer goroutines")
 	duration := flag.Duration("duration", 3*time.Second, "how long to run")
 	batch := flag.Int("batch", 0, "batch size (0: the workload's)")
 	flag.Parse()
-	if err := run(*workload, *producers, *duration, *batch); err != nil {
+	if err := run(*workload, *clients, *producers, *duration, *batch); err != nil {
 		fmt.Fprintln(os.Stderr, "echo-demo:", err)
 		os.Exit(1)
 	}
 }
 
-func run(name string, producers int, duration time.Duration, batch int) error {
+func run(name string, clients, producers int, duration time.Duration, batch int) error {
 	w, err := bench.Get(name)
 	if err != nil {
 		return err
@@ -43,14 +44,14 @@ func run(name string, producers int, duration time.Duration, batch int) error {
 	if batch == 0 {
 		batch = w.BatchSize
 	}
-	if producers < 1 {
-		return fmt.Errorf("need at least one producer, got %d", producers)
+	if clients < 0 || producers < 0 || clients+producers < 1 {
+		return fmt.Errorf("need at least one client or producer, got %d and %d", clients, producers)
 	}
 	example, err := w.NewSample(0)
 	if err != nil {
 		return err
 	}
-	srv, err := echo.NewServer(example, batch)
+	srv, err := echo.NewServer(example, batch, echo.WithTCP("127.0.0.1:0"))
 	if err != nil {
 		return err
 	}
@@ -60,8 +61,8 @@ func run(name string, producers int, duration time.Duration, batch int) error {
 	}
 	mem := srv.Memory()
 	fmt.Printf("%s, %d cores, %d-byte cache lines\n", cpuid.CPU.BrandName, runtime.NumCPU(), cpuid.CPU.CacheLine)
-	fmt.Printf("%s: %d B/sample, batch %d, %d producers, %s; ring %d MiB, huge pages %d MiB\n",
-		w.Name, w.PayloadBytes, batch, producers, duration, mem.Bytes>>20, mem.HugePageBytes>>20)
+	fmt.Printf("%s: %d B/sample, batch %d, %d TCP clients to %s, %d producers, %s; ring %d MiB, huge pages %d MiB\n",
+		w.Name, w.PayloadBytes, batch, clients, srv.Addr(), producers, duration, mem.Bytes>>20, mem.HugePageBytes>>20)
 
 	var wg sync.WaitGroup
 	var submitErr atomic.Pointer[error]
@@ -79,6 +80,28 @@ func run(name string, producers int, duration time.Duration, batch int) error {
 			for {
 				if err := prod.Send(sample); err != nil {
 					if !errors.Is(err, echo.ErrClosed) {
+						submitErr.Store(&err)
+					}
+					return
+				}
+			}
+		})
+	}
+
+	for c := range clients {
+		sample, err := w.NewSample(byte(100 + c))
+		if err != nil {
+			return err
+		}
+		client, err := echo.Dial(context.Background(), srv.Addr().String(), sample)
+		if err != nil {
+			return err
+		}
+		wg.Go(func() {
+			defer client.Close()
+			for {
+				if err := client.Send(sample); err != nil {
+					if !errors.Is(err, echo.ErrConnectionClosed) {
 						submitErr.Store(&err)
 					}
 					return
@@ -114,8 +137,8 @@ func run(name string, producers int, duration time.Duration, batch int) error {
 	samples := float64(batches * batch)
 	fmt.Printf("\n%d batches, %.0f samples in %.2fs: %.0f samples/s, %.2f GB/s\n",
 		batches, samples, elapsed.Seconds(), samples/elapsed.Seconds(), samples*float64(w.PayloadBytes)/elapsed.Seconds()/1e9)
-	fmt.Printf("last SampleInfo:\n  store %d, inserted %d, notifies %d, push blocked %d, queued %d (deepest %d)\n",
-		last.StoreSize, last.SamplesInsertedTotal, last.NotifyCount, last.PushBlockedCount,
+	fmt.Printf("last SampleInfo:\n  store %d, inserted %d, notifies %d, connections %d, push blocked %d, queued %d (deepest %d)\n",
+		last.StoreSize, last.SamplesInsertedTotal, last.NotifyCount, last.ActiveConnections, last.PushBlockedCount,
 		last.QueueDepthSum, last.QueueDepthMax)
 	return nil
 }
