@@ -748,3 +748,36 @@ func TestDialWhileRingFull(t *testing.T) {
 		t.Fatal("second client's sample missing")
 	}
 }
+
+// TestClientsLeavingDuringHandshake: peers that connect and leave before,
+// during or right after the handshake cost the server nothing.
+func TestClientsLeavingDuringHandshake(t *testing.T) {
+	s := startTCP(t, 4)
+	for i := range 200 {
+		c, err := net.Dial("tcp", s.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch i % 3 {
+		case 1: // half a handshake read
+			c.Read(make([]byte, 3))
+		case 2: // a reset instead of a close
+			c.(*net.TCPConn).SetLinger(0)
+		}
+		c.Close()
+	}
+	errc := sendAll(t, s.Addr().String(), 0, 2, 10)
+	l := newLedger()
+	sampleN(t, s, l, 16, 4)
+	smp, err := s.Sample(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.take(t, smp, 4)
+	drainErrs(t, errc)
+	l.expectAll(t, []int{0, 1}, 10)
+	// The 200 left before the 2 senders connected: none may still count.
+	if n := smp.Info.ActiveConnections; n > 2 {
+		t.Fatalf("ActiveConnections %d after 200 peers left, want at most the 2 senders", n)
+	}
+}
