@@ -1,141 +1,21 @@
 package bench_test
 
 import (
-	"context"
-	"sync"
 	"testing"
-	"time"
 
-	"github.com/seed-a9ef92a1/echo"
 	"github.com/seed-a9ef92a1/echo/bench"
-	"github.com/seed-a9ef92a1/echo/pytree"
 )
 
-// BenchmarkSubmitSample measures the in-process path: one op is batchSize
-// Submit calls and the Sample that takes the batch. x_copy is its bandwidth
-// as a fraction of BenchmarkCopyCeiling's, measured in the same process.
+// BenchmarkSubmitSample: see bench.SubmitSample.
 func BenchmarkSubmitSample(b *testing.B) {
 	for _, w := range bench.Workloads() {
-		b.Run(w.Short, func(b *testing.B) { benchSubmitSample(b, w) })
+		b.Run(w.Short, func(b *testing.B) { bench.SubmitSample(b, w) })
 	}
 }
 
-// benchSubmitSample runs one Submit+Sample benchmark of w on a server with
-// opts.
-func benchSubmitSample(b *testing.B, w bench.Workload, opts ...echo.Option) {
-	sample := w.MustSample(1)
-	s, err := echo.NewServer(sample, w.BatchSize, opts...)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
-	ctx := context.Background()
-	b.SetBytes(int64(w.BatchSize * w.PayloadBytes))
-	b.ReportAllocs()
-	for b.Loop() {
-		for range w.BatchSize {
-			if err := s.Submit(sample); err != nil {
-				b.Fatal(err)
-			}
-		}
-		if _, err := s.Sample(ctx); err != nil {
-			b.Fatal(err)
-		}
-	}
-	reportRates(b, w, float64(b.N*w.BatchSize))
-}
-
-// BenchmarkCopyCeiling is the in-process ceiling: plain copy() of the same
-// leaves into a buffer the size of the server's ring (3 slabs), slot after
-// slot, with the same per-leaf block layout a slab has.
+// BenchmarkCopyCeiling: see bench.CopyBatches.
 func BenchmarkCopyCeiling(b *testing.B) {
 	for _, w := range bench.Workloads() {
-		b.Run(w.Short, func(b *testing.B) {
-			c := newCopier(w)
-			b.SetBytes(int64(w.BatchSize * w.PayloadBytes))
-			b.ReportAllocs()
-			b.ResetTimer()
-			for b.Loop() {
-				c.batch()
-			}
-			b.ReportMetric(float64(b.N*w.BatchSize)/b.Elapsed().Seconds(), "samples/s")
-		})
+		b.Run(w.Short, func(b *testing.B) { bench.CopyBatches(b, w) })
 	}
-}
-
-// copier copies a sample's leaves into slab-shaped Go memory, the same
-// bytes and layout the ring receives, with none of the ring's bookkeeping.
-type copier struct {
-	leaves    [][]byte
-	slabs     [][][]byte // slab, leaf -> block
-	batchSize int
-	next      int
-}
-
-func newCopier(w bench.Workload) *copier {
-	sample := w.MustSample(1)
-	leaves, _, err := pytree.Flatten(sample)
-	if err != nil {
-		panic(err)
-	}
-	c := &copier{batchSize: w.BatchSize}
-	for _, l := range leaves {
-		c.leaves = append(c.leaves, l.Bytes())
-	}
-	for range echo.DefaultNumBuffers {
-		var blocks [][]byte
-		for _, l := range c.leaves {
-			block := make([]byte, len(l)*w.BatchSize)
-			for i := range block { // fault it in, as the ring is
-				block[i] = 1
-			}
-			blocks = append(blocks, block)
-		}
-		c.slabs = append(c.slabs, blocks)
-	}
-	return c
-}
-
-func (c *copier) batch() {
-	blocks := c.slabs[c.next]
-	c.next = (c.next + 1) % len(c.slabs)
-	for i := range c.batchSize {
-		for j, l := range c.leaves {
-			copy(blocks[j][i*len(l):], l)
-		}
-	}
-}
-
-var (
-	ceilingMu sync.Mutex
-	ceilings  = map[string]float64{}
-)
-
-// copyCeiling measures, once per process and workload, the bytes per second
-// of the copier: the ceiling of in-process paths.
-func copyCeiling(w bench.Workload) float64 {
-	ceilingMu.Lock()
-	defer ceilingMu.Unlock()
-	if v, ok := ceilings[w.Short]; ok {
-		return v
-	}
-	c := newCopier(w)
-	c.batch() // warm
-	start := time.Now()
-	n := 0
-	for time.Since(start) < 300*time.Millisecond || n < 3 {
-		c.batch()
-		n++
-	}
-	v := float64(n*w.BatchSize*w.PayloadBytes) / time.Since(start).Seconds()
-	ceilings[w.Short] = v
-	return v
-}
-
-// reportRates adds samples/s and the ratio to the copy ceiling.
-func reportRates(b *testing.B, w bench.Workload, samples float64) {
-	b.StopTimer()
-	secs := b.Elapsed().Seconds()
-	b.ReportMetric(samples/secs, "samples/s")
-	b.ReportMetric(samples*float64(w.PayloadBytes)/secs/copyCeiling(w), "x_copy")
 }
