@@ -375,3 +375,16 @@ func TCPTimeouts() int64 {
 	}
 	return -1
 }
+
+// dialRaw connects a plain net.Conn and reads past the handshake.
+func dialRaw(addr string) (net.Conn, error) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := wire.ReadHandshake(c, wire.Limits{}); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
