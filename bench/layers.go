@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"runtime"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -266,10 +267,15 @@ func runLatency(batch, n int, rate float64) (float64, []int64, error) {
 		stamp, _ := sent.Int64()
 		for k := range total {
 			if rate > 0 {
+				// Sample k is due at k/rate. Sleep while the next is
+				// more than a timer tick away; samples that fell due
+				// during a sleep go out back to back.
 				due := time.Duration(float64(k) / rate * 1e9)
-				for time.Since(epoch) < due {
-					if due-time.Since(epoch) > 200*time.Microsecond {
-						time.Sleep(100 * time.Microsecond)
+				for wait := due - time.Since(epoch); wait > 0; wait = due - time.Since(epoch) {
+					if wait > 100*time.Microsecond {
+						time.Sleep(wait - 50*time.Microsecond)
+					} else {
+						runtime.Gosched()
 					}
 				}
 			}

@@ -1,11 +1,15 @@
-// Command echo-bench measures this package's TCP server side by side with
-// echo's own (the id-echo Python package, a Rust core), over loopback, in
-// one run: the same Go load generator (echo Clients) against both servers,
-// and echo's own Python TcpClient against both, for W1/W2/W3 at several
-// client counts. It prints one table with the ratios, and writes it as JSON
-// and as an SVG chart, with the machine it ran on.
+// Command echo-bench runs the benchmark suite, every layer beside its
+// ceiling (in process, producers, TCP against a raw sink and a
+// goroutine-per-connection baseline, latency, ring, client, accumulator),
+// and then this package's TCP server side by side with echo's own (the
+// id-echo Python package, a Rust core) over loopback: the same Go load
+// generator against both servers, and echo's own Python TcpClient against
+// both, for W1/W2/W3 at several client counts. It prints the tables with
+// their ratios, writes them as JSON and Markdown and the comparison as an
+// SVG chart, with the machine it ran on, and can rewrite the README's
+// performance section.
 //
-//	go run ./tools/echo-bench [--quick] [--json out.json] [--svg out.svg]
+//	go run ./tools/echo-bench [--quick] [--readme README.md] [--json out.json] [--svg out.svg]
 //
 // echo's side needs a Python with id-echo (the project's .venv, made by
 // .ci/run, or --python); without one, echo-bench measures the Go server
@@ -26,6 +30,7 @@ import (
 	"runtime/pprof"
 	"strings"
 	"sync"
+	"testing"
 	"time"
 
 	"github.com/klauspost/cpuid/v2"
@@ -42,6 +47,10 @@ type options struct {
 	python     string
 	interopDir string
 	cpuprofile string
+	readme     string
+	markdown   string
+	suite      bool
+	interop    bool
 	clients    []int
 	workloads  []string
 	group      int
@@ -50,6 +59,8 @@ type options struct {
 func main() {
 	var o options
 	var clients, workloads string
+	testing.Init() // testing.Benchmark reads -test.benchtime
+	var benchtime time.Duration
 	flag.BoolVar(&o.quick, "quick", false, "a fraction of the samples per cell, to finish within a minute (CI)")
 	flag.StringVar(&o.jsonPath, "json", "echo-bench.json", "write the results here as JSON (empty: don't)")
 	flag.StringVar(&o.svgPath, "svg", "echo-bench.svg", "write the chart here as SVG (empty: don't)")
@@ -59,7 +70,18 @@ func main() {
 	flag.StringVar(&clients, "clients", "1,16,256", "client counts")
 	flag.StringVar(&workloads, "workloads", "W1,W2,W3", "workloads")
 	flag.IntVar(&o.group, "group", 1, "samples per Go client call: 1 is Client.Send, more is Client.SendBatch")
+	flag.BoolVar(&o.suite, "suite", true, "run the benchmark suite, layer by layer")
+	flag.BoolVar(&o.interop, "interop", true, "run the comparison with echo's own server and client")
+	flag.StringVar(&o.readme, "readme", "", "rewrite this file's echo-bench section with the results")
+	flag.StringVar(&o.markdown, "markdown", "", "write the tables here as Markdown")
+	flag.DurationVar(&benchtime, "benchtime", time.Second, "time per suite benchmark (--quick: 100ms)")
 	flag.Parse()
+	if o.quick && benchtime == time.Second {
+		benchtime = 100 * time.Millisecond
+	}
+	if err := flag.Set("test.benchtime", benchtime.String()); err != nil {
+		fatal(err)
+	}
 	for _, c := range strings.Split(clients, ",") {
 		var n int
 		if _, err := fmt.Sscan(c, &n); err != nil || n < 1 {
@@ -96,6 +118,7 @@ type Report struct {
 	EchoVersion string   `json:"echo_version,omitempty"`
 	Group       int      `json:"go_client_group"`
 	Quick       bool     `json:"quick"`
+	Suite       []Row    `json:"suite,omitempty"`
 	Results     []Result `json:"results"`
 }
 
@@ -149,6 +172,9 @@ func run(o options) error {
 	if rep.Machine.Cores < 8 {
 		fmt.Printf("note: clients and servers share %d cores; many clients measure contention, not scaling\n", rep.Machine.Cores)
 	}
+	if o.suite {
+		rep.Suite = runSuite(o.quick)
+	}
 	version, pyErr := echoVersion(o.python)
 	if pyErr != nil {
 		fmt.Printf("note: echo's side skipped: %v\n", pyErr)
@@ -159,6 +185,9 @@ func run(o options) error {
 
 	var cells []cell
 	for _, name := range o.workloads {
+		if !o.interop {
+			break
+		}
 		w, err := bench.Get(strings.TrimSpace(name))
 		if err != nil {
 			return err
@@ -188,8 +217,32 @@ func run(o options) error {
 		}
 		rep.Results = append(rep.Results, r)
 	}
-	fmt.Printf("\r[%s] %d/%d done%s\n\n", progress(len(cells), len(cells)), len(cells), len(cells), strings.Repeat(" ", 40))
-	printTable(os.Stdout, rep)
+	if len(cells) > 0 {
+		fmt.Printf("\r[%s] %d/%d done%s\n\n", progress(len(cells), len(cells)), len(cells), len(cells), strings.Repeat(" ", 40))
+	}
+	var md strings.Builder
+	fmt.Fprintf(&md, "Produced by `go run ./tools/echo-bench%s` on %s, %d cores, Linux %s, %s, transparent huge pages `%s`; id-echo %s.\n\n",
+		map[bool]string{true: " --quick", false: ""}[o.quick], rep.Machine.CPU, rep.Machine.Cores, rep.Machine.Kernel,
+		rep.Machine.Go, rep.Machine.HugePages, rep.EchoVersion)
+	if len(rep.Suite) > 0 {
+		writeSuite(&md, rep.Suite)
+	}
+	if len(rep.Results) > 0 {
+		fmt.Fprintln(&md, "#### Beside echo: the same load generators against this server and echo's")
+		fmt.Fprintln(&md)
+		printTable(&md, rep)
+	}
+	fmt.Print(md.String())
+	if o.markdown != "" {
+		if err := os.WriteFile(o.markdown, []byte(md.String()), 0o644); err != nil {
+			return err
+		}
+	}
+	if o.readme != "" {
+		if err := rewriteReadme(o.readme, md.String()); err != nil {
+			return err
+		}
+	}
 	if o.jsonPath != "" {
 		b, _ := json.MarshalIndent(rep, "", "  ")
 		if err := os.WriteFile(o.jsonPath, append(b, '\n'), 0o644); err != nil {
