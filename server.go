@@ -177,7 +177,7 @@ func (s *Server) Start() error {
 	}
 	var listeners []*tcp.Listener
 	for _, t := range s.cfg.transports {
-		l, err := t.Listen()
+		l, err := t.Listen(s.spec.PayloadBytes())
 		if err != nil {
 			for _, l := range listeners {
 				l.Close()

@@ -17,6 +17,7 @@ import (
 	"github.com/seed-a9ef92a1/echo"
 	"github.com/seed-a9ef92a1/echo/pytree"
 	"github.com/seed-a9ef92a1/echo/ringbuf"
+	"github.com/seed-a9ef92a1/echo/tcp"
 	"github.com/seed-a9ef92a1/echo/wire"
 )
 
@@ -66,11 +67,16 @@ func newNetServer(example any, serve func(*netServer, net.Conn)) (*netServer, []
 	if err != nil {
 		return nil, nil, err
 	}
+	payload := 0
+	for _, n := range leafBytes {
+		payload += n
+	}
+	// The same receive buffer the epoll ingress asks for.
+	rcvbuf := min(max(2*payload, tcp.MinReceiveBuffer), tcp.MaxReceiveBuffer)
 	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
-		// The same receive buffer the epoll ingress asks for.
 		var serr error
 		err := rc.Control(func(fd uintptr) {
-			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4<<20)
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, rcvbuf)
 		})
 		return errors.Join(err, serr)
 	}}
@@ -78,10 +84,7 @@ func newNetServer(example any, serve func(*netServer, net.Conn)) (*netServer, []
 	if err != nil {
 		return nil, nil, err
 	}
-	s := &netServer{ln: ln, handshake: hs, conns: map[net.Conn]struct{}{}}
-	for _, n := range leafBytes {
-		s.payload += n
-	}
+	s := &netServer{ln: ln, handshake: hs, conns: map[net.Conn]struct{}{}, payload: payload}
 	s.wg.Go(func() {
 		for {
 			c, err := ln.Accept()

@@ -17,13 +17,23 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// DefaultReceiveBuffer is the SO_RCVBUF set on TCP listening sockets, which
-// accepted sockets inherit before the TCP window is negotiated. With the
-// kernel's autotuning instead (128 KiB to start), a sample of ~128 KiB or
-// more never fits whole in the window, and a reader that waits for whole
-// samples deadlocks; set after accept, it comes too late. Linux caps it at
-// net.core.rmem_max.
-const DefaultReceiveBuffer = 4 << 20
+// The SO_RCVBUF set on TCP listening sockets, which accepted sockets
+// inherit before the TCP window is negotiated: twice the sample, at least
+// MinReceiveBuffer and at most MaxReceiveBuffer, unless TCP is given a size.
+// With the kernel's autotuning instead (128 KiB to start), a sample of ~128
+// KiB or more never fits whole in the window, and a reader that waits for
+// whole samples deadlocks; set after accept, it comes too late. Linux caps
+// it at net.core.rmem_max.
+//
+// Bigger is not better: every connection may fill its buffer, and the
+// kernel charges about twice SO_RCVBUF per socket against net.ipv4.tcp_mem.
+// Measured here with 256 clients of 1 MB samples, 4 MiB buffers pushed the
+// kernel into memory pressure (hundreds of dropped segments and 200 ms
+// retransmission timeouts per run); 2 MiB buffers had none.
+const (
+	MinReceiveBuffer = 1 << 20
+	MaxReceiveBuffer = 4 << 20
+)
 
 // AckSendBuffer is the SO_SNDBUF of accepted TCP sockets. The server sends
 // only the handshake and one byte per sample, so a small buffer suffices,
@@ -35,17 +45,18 @@ const AckSendBuffer = 64 << 10
 const listenBacklog = 4096
 
 // gateFactor: a connection reads whole samples straight from the kernel
-// only while this many of them fit in its receive window. Measured here
-// with SO_RCVBUF = 4 MiB: 1 MiB samples flow at ~3.6 GB/s through the
-// whole-sample gate, 4 MiB samples collapse to 0.16 GB/s. Bigger samples
-// are staged instead.
-const gateFactor = 4
+// only while this many of them fit in its receive window, so that the
+// sender can stream the next sample while the worker reads one. Samples
+// that fill the window alone stall the gate (measured: 4 MiB samples in a
+// 4 MiB buffer collapse to 0.16 GB/s) and are staged instead.
+const gateFactor = 2
 
 // Transport opens a listening socket for the server's ingress.
 type Transport interface {
-	// Listen binds and listens, returning a non-blocking, close-on-exec
-	// listening socket.
-	Listen() (*Listener, error)
+	// Listen binds and listens for connections that will send samples of
+	// payload bytes, returning a non-blocking, close-on-exec listening
+	// socket.
+	Listen(payload int) (*Listener, error)
 }
 
 // Listener is a listening socket of some transport.
@@ -73,11 +84,8 @@ func (l *Listener) close() error {
 // where an empty host listens on every interface (IPv4 and IPv6) and port 0
 // lets the kernel choose. Listen on "127.0.0.1:port" to accept only local
 // actors. receiveBuffer is the SO_RCVBUF asked for each connection; zero
-// means DefaultReceiveBuffer.
+// sizes it to the samples (see MinReceiveBuffer).
 func TCP(addr string, receiveBuffer int) Transport {
-	if receiveBuffer <= 0 {
-		receiveBuffer = DefaultReceiveBuffer
-	}
 	return tcpTransport{addr: addr, rcvbuf: receiveBuffer}
 }
 
@@ -86,7 +94,10 @@ type tcpTransport struct {
 	rcvbuf int
 }
 
-func (t tcpTransport) Listen() (*Listener, error) {
+func (t tcpTransport) Listen(payload int) (*Listener, error) {
+	if t.rcvbuf <= 0 {
+		t.rcvbuf = min(max(2*payload, MinReceiveBuffer), MaxReceiveBuffer)
+	}
 	ta, err := net.ResolveTCPAddr("tcp", t.addr)
 	if err != nil {
 		return nil, fmt.Errorf("tcp: listen %q: %w", t.addr, err)
@@ -184,7 +195,7 @@ func Unix(path string) Transport { return unixTransport{path: path} }
 
 type unixTransport struct{ path string }
 
-func (t unixTransport) Listen() (*Listener, error) {
+func (t unixTransport) Listen(int) (*Listener, error) {
 	fd, err := socket(unix.AF_UNIX)
 	if err == nil {
 		err = wrap("bind", unix.Bind(fd, &unix.SockaddrUnix{Name: t.path}))
