@@ -181,10 +181,7 @@ func specMismatch(spec *pytree.Spec, want, got wire.Handshake) error {
 	}
 	for i, a := range want.Arrays {
 		b := got.Arrays[i]
-		path := spec.Leaves()[i].Path
-		if path == "" {
-			path = "<root>"
-		}
+		path := displayPath(spec.Leaves()[i].Path)
 		if a.DTypeSize != b.DTypeSize {
 			return fmt.Errorf("%w: %s: dtype size %d (%v), server expects %d",
 				ErrSpecMismatch, path, a.DTypeSize, spec.Leaves()[i].DType, b.DTypeSize)
@@ -318,15 +315,7 @@ func (c *Client) rejected(tree any, err error) error {
 			return fmt.Errorf("%w: sample has %d bytes, server expects %d", ErrPayloadSize, size, c.payload)
 		}
 	}
-	var m *pytree.MismatchError
-	if errors.As(err, &m) {
-		path := m.Path
-		if path == "" {
-			path = "<root>"
-		}
-		return fmt.Errorf("%w: %s: %s %s, example has %s", ErrSpecMismatch, path, m.What, m.Got, m.Want)
-	}
-	return fmt.Errorf("%w: %w", ErrSpecMismatch, err)
+	return mismatchError(err, "example has")
 }
 
 // writev is the RawConn.Write callback: it writes what is left of c.iov

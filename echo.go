@@ -23,7 +23,9 @@ package echo
 
 import (
 	"errors"
+	"fmt"
 
+	"github.com/seed-a9ef92a1/echo/pytree"
 	"github.com/seed-a9ef92a1/echo/ringbuf"
 )
 
@@ -46,3 +48,22 @@ var (
 	// ErrStarted is returned by a second call of Start.
 	ErrStarted = errors.New("echo: server already started")
 )
+
+// mismatchError turns a pytree mismatch into ErrSpecMismatch naming the
+// leaf and both values: "obs/radars: shape [8 6], server expects [8 5]",
+// with side naming where the expected value comes from.
+func mismatchError(err error, side string) error {
+	var m *pytree.MismatchError
+	if errors.As(err, &m) {
+		return fmt.Errorf("%w: %s: %s %s, %s %s", ErrSpecMismatch, displayPath(m.Path), m.What, m.Got, side, m.Want)
+	}
+	return fmt.Errorf("%w: %w", ErrSpecMismatch, err)
+}
+
+// displayPath names a leaf path in messages; the root has the empty path.
+func displayPath(p string) string {
+	if p == "" {
+		return "<root>"
+	}
+	return p
+}

@@ -298,17 +298,7 @@ func (s *Server) write(leaves []pytree.Array) error {
 }
 
 // mismatch turns a pytree mismatch into the server's error.
-func (s *Server) mismatch(err error) error {
-	var m *pytree.MismatchError
-	if errors.As(err, &m) {
-		path := m.Path
-		if path == "" {
-			path = "<root>"
-		}
-		return fmt.Errorf("%w: %s: %s %s, server expects %s", ErrSpecMismatch, path, m.What, m.Got, m.Want)
-	}
-	return fmt.Errorf("%w: %w", ErrSpecMismatch, err)
-}
+func (s *Server) mismatch(err error) error { return mismatchError(err, "server expects") }
 
 // Sample waits for the next full batch and returns it. It first ends the
 // lifetime of the batch returned by the previous call: its views may be

@@ -214,6 +214,22 @@ func drainErrs(t *testing.T, errc <-chan error) {
 	}
 }
 
+// exchange has n clients send per samples each to addr while the test
+// samples batches of s, and checks that each arrived exactly once, intact
+// and in order per client.
+func exchange(t *testing.T, s *echo.Server, addr string, n, per, batch int) {
+	t.Helper()
+	errc := sendAll(t, addr, 0, n, per)
+	l := newLedger()
+	sampleN(t, s, l, n*per, batch)
+	drainErrs(t, errc)
+	producers := make([]int, n)
+	for i := range producers {
+		producers[i] = i
+	}
+	l.expectAll(t, producers, per)
+}
+
 func TestTCPClientsInterleaved(t *testing.T) {
 	for _, n := range []int{2, 64} {
 		t.Run(fmt.Sprintf("clients=%d", n), func(t *testing.T) {
@@ -223,15 +239,7 @@ func TestTCPClientsInterleaved(t *testing.T) {
 			}
 			const batch = 16
 			s := startTCP(t, batch)
-			errc := sendAll(t, s.Addr().String(), 0, n, per)
-			l := newLedger()
-			sampleN(t, s, l, n*per, batch)
-			drainErrs(t, errc)
-			producers := make([]int, n)
-			for i := range producers {
-				producers[i] = i
-			}
-			l.expectAll(t, producers, per)
+			exchange(t, s, s.Addr().String(), n, per, batch)
 		})
 	}
 }
@@ -245,11 +253,7 @@ func TestUnixTransport(t *testing.T) {
 	if got := s.Addr().String(); got != path {
 		t.Fatalf("Addr %q, want %q", got, path)
 	}
-	errc := sendAll(t, "unix:"+path, 0, 4, 100)
-	l := newLedger()
-	sampleN(t, s, l, 400, 8)
-	drainErrs(t, errc)
-	l.expectAll(t, []int{0, 1, 2, 3}, 100)
+	exchange(t, s, "unix:"+path, 4, 100, 8)
 }
 
 func TestTCPThousandConnections(t *testing.T) {
@@ -259,15 +263,7 @@ func TestTCPThousandConnections(t *testing.T) {
 	}
 	const batch = 40
 	s := startTCP(t, batch)
-	errc := sendAll(t, s.Addr().String(), 0, n, per)
-	l := newLedger()
-	sampleN(t, s, l, n*per, batch)
-	drainErrs(t, errc)
-	producers := make([]int, n)
-	for i := range producers {
-		producers[i] = i
-	}
-	l.expectAll(t, producers, per)
+	exchange(t, s, s.Addr().String(), n, per, batch)
 }
 
 func TestDialSpecMismatch(t *testing.T) {

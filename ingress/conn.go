@@ -2,6 +2,7 @@ package ingress
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"sync/atomic"
@@ -86,16 +87,13 @@ type conn struct {
 func (p *Pool) AddConn(fd int, gated bool) error {
 	c := &conn{fd: fd, gated: gated, out: p.handshake}
 	for len(c.out) > 0 {
-		n, err := unix.Write(fd, c.out)
-		if err == unix.EINTR {
-			continue
-		}
-		if err == unix.EAGAIN {
-			break
-		}
+		n, err := writeSome(fd, c.out)
 		if err != nil {
 			unix.Close(fd) // the peer left already
-			return os.NewSyscallError("write handshake", err)
+			return fmt.Errorf("handshake: %w", err)
+		}
+		if n == 0 {
+			break // the worker writes the rest
 		}
 		c.out = c.out[n:]
 	}
@@ -384,31 +382,39 @@ func (w *Worker) readStaged(c *conn) (int, error) {
 // counter, never a blocked worker.
 func (w *Worker) flush(c *conn) error {
 	for len(c.out) > 0 {
-		n, err := unix.Write(c.fd, c.out)
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err == unix.EAGAIN:
-			return nil
-		case err != nil:
-			return os.NewSyscallError("write", err)
+		n, err := writeSome(c.fd, c.out)
+		if n == 0 || err != nil {
+			return err
 		}
 		c.out = c.out[n:]
 	}
 	acks := w.pool.acks
 	for c.owed > 0 {
-		n, err := unix.Write(c.fd, acks[:min(c.owed, len(acks))])
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err == unix.EAGAIN:
-			return nil
-		case err != nil:
-			return os.NewSyscallError("write", err)
+		n, err := writeSome(c.fd, acks[:min(c.owed, len(acks))])
+		if n == 0 || err != nil {
+			return err
 		}
 		c.owed -= n
 	}
 	return nil
+}
+
+// writeSome is one write(2) with EINTR retried: n == 0 with a nil error
+// means the send buffer is full (EAGAIN); an error means the connection is
+// broken.
+func writeSome(fd int, b []byte) (int, error) {
+	for {
+		n, err := unix.Write(fd, b)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return 0, nil
+		case err != nil:
+			return 0, os.NewSyscallError("write", err)
+		}
+		return n, nil
+	}
 }
 
 // claim reserves up to want slots, using the worker's spare slots first and

@@ -10,11 +10,11 @@ import argparse
 import json
 import sys
 import threading
-import time
 
 import numpy as np
 
 import echo
+import samples
 
 
 def example_of(workload):
@@ -28,13 +28,8 @@ def main():
     with open(args.workload) as f:
         workload = json.load(f)
     server = echo.Server(example_of(workload), workload["batch_size"], transport=echo.TcpTransport(0))
-    server.start()
-    deadline = time.monotonic() + 10
-    while not server.port:
-        if time.monotonic() > deadline:
-            sys.exit("echo server did not report a port")
-        time.sleep(0.01)
-    print(json.dumps({"port": server.port, "version": echo.__version__}), flush=True)
+    port = samples.start(server)
+    print(json.dumps({"port": port, "version": echo.__version__}), flush=True)
 
     def stop_on_eof():
         sys.stdin.read()

@@ -12,6 +12,8 @@ any byte moved, dropped or reordered on either side shows up.
 
 import json
 import os
+import sys
+import time
 
 import numpy as np
 import optree
@@ -79,3 +81,14 @@ def check(example, batch, rows):
                 raise AssertionError(f"row {r} (client {client} seq {seq}) leaf {i}: {got[i][r]!r} != {want!r}")
         out.append([client, seq])
     return out
+
+
+def start(server):
+    """Starts an echo Server and returns its port once it listens."""
+    server.start()
+    deadline = time.monotonic() + 10
+    while not server.port:
+        if time.monotonic() > deadline:
+            sys.exit("echo server did not report a port")
+        time.sleep(0.01)
+    return server.port

@@ -11,7 +11,6 @@ be sending. Failures exit non-zero.
 import argparse
 import json
 import sys
-import time
 
 import echo
 import samples
@@ -27,13 +26,8 @@ def main():
     example = samples.build(samples.load_case(args.case))
 
     server = echo.Server(example, args.batch, transport=echo.TcpTransport(0))
-    server.start()
-    deadline = time.monotonic() + 10
-    while not server.port:
-        if time.monotonic() > deadline:
-            sys.exit("echo server did not report a port")
-        time.sleep(0.01)
-    print(json.dumps({"port": server.port, "version": echo.__version__}), flush=True)
+    port = samples.start(server)
+    print(json.dumps({"port": port, "version": echo.__version__}), flush=True)
 
     ids = []
     for _ in range(args.batches):
