@@ -66,7 +66,7 @@ func main() {
 	flag.StringVar(&o.svgPath, "svg", "echo-bench.svg", "write the chart here as SVG (empty: don't)")
 	flag.StringVar(&o.python, "python", filepath.Join(".venv", "bin", "python"), "Python with id-echo installed")
 	flag.StringVar(&o.interopDir, "interop-dir", filepath.Join("tools", "interop"), "where bench_server.py and bench_client.py are")
-	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of this process (Go server and Go clients) here")
+	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of this process (Go servers and Go clients) here, and print where the time went")
 	flag.StringVar(&clients, "clients", "1,16,256", "client counts")
 	flag.StringVar(&workloads, "workloads", "W1,W2,W3", "workloads")
 	flag.IntVar(&o.group, "group", 1, "samples per Go client call: 1 is Client.Send, more is Client.SendBatch")
@@ -159,11 +159,17 @@ func run(o options) error {
 		if err != nil {
 			return err
 		}
-		defer f.Close()
 		if err := pprof.StartCPUProfile(f); err != nil {
+			f.Close()
 			return err
 		}
-		defer pprof.StopCPUProfile()
+		defer func() {
+			pprof.StopCPUProfile()
+			f.Close()
+			if err := summarizeProfile(os.Stdout, o.cpuprofile); err != nil {
+				fmt.Fprintln(os.Stderr, "echo-bench: profile summary:", err)
+			}
+		}()
 	}
 	rep := Report{Machine: machine(), Group: o.group, Quick: o.quick}
 	fmt.Printf("%s, %d cores, %d-byte cache lines, %v; Linux %s, %s, THP %s\n",
