@@ -2,6 +2,7 @@ package echo
 
 import (
 	"fmt"
+	"log/slog"
 	"runtime"
 
 	"github.com/seed-a9ef92a1/echo/tcp"
@@ -38,6 +39,7 @@ type config struct {
 	directProducerBytes int
 	detailedMetrics     bool
 	transports          []tcp.Transport
+	logger              *slog.Logger
 }
 
 func defaultConfig() config {
@@ -107,3 +109,9 @@ func WithUnix(path string) Option { return WithTransport(tcp.Unix(path)) }
 func WithTransport(t tcp.Transport) Option {
 	return func(c *config) { c.transports = append(c.transports, t) }
 }
+
+// WithLogger sends connection events to l: each connection opened and
+// closed (with its peer, the samples it delivered and the partial bytes
+// discarded) at Debug, and each one dropped for an error or refused at
+// Warn. Off by default. Nothing is logged per sample.
+func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l } }

@@ -3,6 +3,7 @@ package echo
 import (
 	"context"
 	"errors"
+	"expvar"
 	"fmt"
 	"iter"
 	"math"
@@ -66,6 +67,12 @@ type Server struct {
 
 	// startMu serialises Start with Close; acceptor and addrs are set by
 	// Start under it.
+	// lastInfo is the SampleInfo of the latest batch, for PublishExpvar:
+	// Sample writes it, any goroutine reads it, both under lastMu.
+	lastMu   sync.Mutex
+	lastInfo SampleInfo
+	batches  uint64
+
 	startMu   sync.Mutex
 	started   bool
 	acceptor  *tcp.Acceptor
@@ -149,7 +156,7 @@ func NewServer(example any, batchSize int, opts ...Option) (*Server, error) {
 	}
 	s.pool, err = ingress.NewPool(ingress.Config{
 		Ring: ring, LeafBytes: leafBytes, Workers: cfg.numDrainers, Detailed: cfg.detailedMetrics,
-		Handshake: s.handshake,
+		Handshake: s.handshake, Logger: cfg.logger,
 	})
 	if err != nil {
 		ring.Free()
@@ -186,7 +193,7 @@ func (s *Server) Start() error {
 		}
 		listeners = append(listeners, l)
 	}
-	a, err := tcp.Serve(s.pool, listeners)
+	a, err := tcp.Serve(s.pool, listeners, s.cfg.logger)
 	if err != nil {
 		return fmt.Errorf("echo: start: %w", err)
 	}
@@ -324,7 +331,12 @@ func (s *Server) Sample(ctx context.Context) (Sample, error) {
 	}
 	out := s.outLeaves[slab]
 	copy(out, s.slabLeaves[slab])
-	return Sample{Batch: tree, Leaves: out, Info: s.info(), spec: s.batchSpec}, nil
+	info := s.info()
+	s.lastMu.Lock()
+	s.lastInfo = info
+	s.batches++
+	s.lastMu.Unlock()
+	return Sample{Batch: tree, Leaves: out, Info: info, spec: s.batchSpec}, nil
 }
 
 // info takes the metrics snapshot. Consumer only; allocates nothing.
@@ -439,4 +451,28 @@ func (s *Server) freeIfIdle() {
 			s.freeErr = err
 		}
 	}
+}
+
+// PublishExpvar exports the server's metrics through the standard expvar
+// package under name: the SampleInfo of the latest batch and the number of
+// batches handed out, as JSON at /debug/vars wherever the program serves
+// expvar's handler (importing expvar registers it on
+// http.DefaultServeMux). One line turns it on:
+//
+//	srv.PublishExpvar("echo")
+//
+// It fails if name is already published.
+func (s *Server) PublishExpvar(name string) error {
+	if expvar.Get(name) != nil {
+		return fmt.Errorf("echo: expvar %q is already published", name)
+	}
+	expvar.Publish(name, expvar.Func(func() any {
+		s.lastMu.Lock()
+		defer s.lastMu.Unlock()
+		return struct {
+			Batches uint64
+			Last    SampleInfo
+		}{s.batches, s.lastInfo}
+	}))
+	return nil
 }

@@ -2,6 +2,8 @@ package echo_test
 
 import (
 	"context"
+	"encoding/json"
+	"expvar"
 	"errors"
 	"fmt"
 	"strings"
@@ -458,5 +460,36 @@ func expectClosed(t *testing.T, errc <-chan error, what string) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatalf("%s still blocked 10s after Close", what)
+	}
+}
+
+func TestPublishExpvar(t *testing.T) {
+	s := newServer(t, 2)
+	name := fmt.Sprintf("echo-test-%p", s)
+	if err := s.PublishExpvar(name); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PublishExpvar(name); err == nil {
+		t.Fatal("publishing the same name twice succeeded")
+	}
+	for seq := range 4 {
+		if err := s.Submit(numbered(0, seq)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 2 {
+		if _, err := s.Sample(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got struct {
+		Batches uint64
+		Last    echo.SampleInfo
+	}
+	if err := json.Unmarshal([]byte(expvar.Get(name).String()), &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Batches != 2 || got.Last.SamplesInsertedTotal != 4 || got.Last.NotifyCount != 2 {
+		t.Fatalf("expvar says %+v, want 2 batches, 4 samples inserted, 2 notifies", got)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"path/filepath"
 	"strings"
@@ -775,5 +776,67 @@ func TestClientsLeavingDuringHandshake(t *testing.T) {
 	// The 200 left before the 2 senders connected: none may still count.
 	if n := smp.Info.ActiveConnections; n > 2 {
 		t.Fatalf("ActiveConnections %d after 200 peers left, want at most the 2 senders", n)
+	}
+}
+
+// lockedBuffer is an io.Writer safe for the workers and the test at once.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+func TestConnectionEventsLogged(t *testing.T) {
+	var logs lockedBuffer
+	logger := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	s := startTCP(t, 3, echo.WithLogger(logger))
+	// A client that delivers 3 samples and leaves cleanly...
+	errc := sendAll(t, s.Addr().String(), 0, 1, 3)
+	l := newLedger()
+	sampleN(t, s, l, 3, 3)
+	drainErrs(t, errc)
+	// ...and one that leaves in the middle of its first sample.
+	c := rawDial(t, s)
+	half := wireBytes(1, 0)[:20]
+	if _, err := c.Write(half); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * time.Millisecond)
+	c.Close()
+	want := []string{
+		`"msg":"echo: connection opened"`,
+		`"msg":"echo: connection closed"`, `"reason":"peer closed","samples":3,"partial_bytes_discarded":0`,
+		`"samples":0,"partial_bytes_discarded":20`,
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		got := logs.String()
+		missing := ""
+		for _, w := range want {
+			if !strings.Contains(got, w) {
+				missing = w
+			}
+		}
+		if missing == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("log lacks %s:\n%s", missing, got)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := strings.Count(logs.String(), "connection opened"); n != 2 {
+		t.Fatalf("%d connections logged as opened, want 2", n)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"runtime"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/seed-a9ef92a1/echo"
 	"github.com/seed-a9ef92a1/echo/pytree"
 	"github.com/seed-a9ef92a1/echo/ringbuf"
+	"github.com/seed-a9ef92a1/echo/spsc"
 )
 
 // RingClaims measures the ring's own bookkeeping, no bytes copied: one op
@@ -308,4 +310,86 @@ func runLatency(batch, n int, rate float64) (float64, []int64, error) {
 		return 0, nil, err
 	}
 	return achieved, lat, nil
+}
+
+// SPSCQueue measures the lock-free queue between two goroutines: one op is
+// one uint64 moved through a 1024-slot queue, pushed and popped one at a
+// time or, with batch > 1, batch at a time. Its baseline is a buffered
+// channel of the same capacity moving the same items, timed in the same
+// run: x_chan = channel time / queue time.
+func SPSCQueue(b *testing.B, batch int) {
+	q, err := spsc.New[uint64](1024)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	n := b.N
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		buf := make([]uint64, batch)
+		for i := 0; i < n; {
+			k := min(batch, n-i)
+			for j := range k {
+				buf[j] = uint64(i + j)
+			}
+			for sent := 0; sent < k; {
+				if batch == 1 {
+					if q.Push(buf[0]) {
+						sent++
+						continue
+					}
+				} else if m := q.PushN(buf[sent:k]); m > 0 {
+					sent += m
+					continue
+				}
+				runtime.Gosched()
+			}
+			i += k
+		}
+	})
+	buf := make([]uint64, batch)
+	var sum uint64
+	for got := 0; got < n; {
+		var m int
+		if batch == 1 {
+			if v, ok := q.Pop(); ok {
+				buf[0], m = v, 1
+			}
+		} else {
+			m = q.PopN(buf)
+		}
+		if m == 0 {
+			runtime.Gosched()
+			continue
+		}
+		for _, v := range buf[:m] {
+			sum += v
+		}
+		got += m
+	}
+	wg.Wait()
+	b.StopTimer()
+	if want := uint64(n) * uint64(n-1) / 2; sum != want {
+		b.Fatalf("items sum to %d, want %d: an item was lost or doubled", sum, want)
+	}
+	op := b.Elapsed().Seconds() / float64(n)
+	b.ReportMetric(1/op, "items/s")
+	b.ReportMetric(chanSeconds(n)/op, "x_chan")
+}
+
+// chanSeconds times n uint64s through a buffered channel of 1024 between
+// two goroutines, per item.
+func chanSeconds(n int) float64 {
+	n = max(n, 1<<16)
+	ch := make(chan uint64, 1024)
+	t0 := time.Now()
+	go func() {
+		for i := range uint64(n) {
+			ch <- i
+		}
+	}()
+	for range n {
+		<-ch
+	}
+	return time.Since(t0).Seconds() / float64(n)
 }

@@ -35,3 +35,10 @@ func BenchmarkLatency(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkSPSCQueue: see bench.SPSCQueue.
+func BenchmarkSPSCQueue(b *testing.B) {
+	for _, batch := range []int{1, 64} {
+		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) { bench.SPSCQueue(b, batch) })
+	}
+}

@@ -1,9 +1,11 @@
 package ingress
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"sync/atomic"
 	"unsafe"
@@ -45,6 +47,17 @@ const turnSamples = 1024
 // this many samples go out in one write.
 const ackBufLen = 4096
 
+// errServerClosed is the reason logged for connections closed by Close.
+var errServerClosed = errors.New("server closed")
+
+// reasonText describes why a connection ended.
+func reasonText(err error) string {
+	if err == io.EOF {
+		return "peer closed"
+	}
+	return err.Error()
+}
+
 // errShortRead reports a readv that returned less than FIONREAD promised.
 // With one reader per socket the kernel never does this; if it ever did,
 // the stream would be cut mid-sample, so the connection is dropped.
@@ -63,6 +76,8 @@ type conn struct {
 	stage  []byte
 	staged int // bytes of the current sample in stage
 
+	peer       string // the remote address, for logs
+	samples    uint64 // samples delivered, for logs
 	out        []byte // handshake bytes not yet written
 	owed       int    // acks owed to the peer and not yet written
 	peerClosed bool   // EPOLLRDHUP, EPOLLHUP or EPOLLERR seen
@@ -84,12 +99,15 @@ type conn struct {
 // may be waiting for the learner to free ring space: a new actor must not
 // wait with it to learn what to send. A fresh socket takes a handshake of
 // any usual size whole; what does not fit is left for the worker.
-func (p *Pool) AddConn(fd int, gated bool) error {
-	c := &conn{fd: fd, gated: gated, out: p.handshake}
+func (p *Pool) AddConn(fd int, gated bool, peer string) error {
+	c := &conn{fd: fd, gated: gated, out: p.handshake, peer: peer}
 	for len(c.out) > 0 {
 		n, err := writeSome(fd, c.out)
 		if err != nil {
 			unix.Close(fd) // the peer left already
+			if p.log != nil {
+				p.log.Debug("echo: connection left before its handshake", "peer", peer, "reason", err)
+			}
 			return fmt.Errorf("handshake: %w", err)
 		}
 		if n == 0 {
@@ -120,6 +138,9 @@ func (p *Pool) AddConn(fd int, gated bool) error {
 	w.hasAdopt.Store(true)
 	w.adoptMu.Unlock()
 	p.mu.Unlock()
+	if p.log != nil {
+		p.log.Debug("echo: connection opened", "peer", peer, "gated", gated)
+	}
 	w.wake()
 	return nil
 }
@@ -147,21 +168,35 @@ func (w *Worker) adoptConn(c *conn) {
 		Pad:    int32(c.slot),
 	}
 	if err := unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, c.fd, &ev); err != nil {
-		w.drop(c)
-		w.pool.fail(os.NewSyscallError("epoll_ctl add", err))
+		err = os.NewSyscallError("epoll_ctl add", err)
+		w.drop(c, err)
+		w.pool.fail(err)
 		return
 	}
 	if err := w.flush(c); err != nil {
-		w.drop(c)
+		w.drop(c, err)
 	}
 	// Samples that arrived before the registration are reported by
 	// epoll_ctl's initial readiness check, as an event.
 }
 
-// drop closes c and forgets it. What c's peer sent and was not yet read
-// is discarded with the socket; a partial sample in stage is never
-// committed.
-func (w *Worker) drop(c *conn) {
+// drop closes c for reason (io.EOF: the peer closed; errServerClosed) and
+// forgets it. What c's peer sent and was not yet read is discarded with
+// the socket; a partial sample in stage is never committed.
+func (w *Worker) drop(c *conn, reason error) {
+	if p := w.pool; p.log != nil {
+		partial := c.staged
+		if c.fd >= 0 && w.queued(c.fd) == nil {
+			partial += int(w.inq)
+		}
+		level, msg := slog.LevelDebug, "echo: connection closed"
+		if reason != io.EOF && reason != errServerClosed {
+			level, msg = slog.LevelWarn, "echo: connection dropped"
+		}
+		p.log.LogAttrs(context.Background(), level, msg, slog.String("peer", c.peer),
+			slog.String("reason", reasonText(reason)), slog.Uint64("samples", c.samples),
+			slog.Int("partial_bytes_discarded", partial))
+	}
 	if c.slot > 0 && w.conns[c.slot] == c {
 		w.conns[c.slot] = nil
 		w.freeSlots = append(w.freeSlots, c.slot)
@@ -207,7 +242,7 @@ func (w *Worker) serve(c *conn) (int, error) {
 	}
 	switch {
 	case err != nil:
-		w.drop(c)
+		w.drop(c, err)
 	case moved == turnSamples:
 		if !c.inBacklog {
 			c.inBacklog = true
@@ -216,7 +251,7 @@ func (w *Worker) serve(c *conn) (int, error) {
 	case c.peerClosed:
 		// Everything whole was read: what is left is a partial sample,
 		// or nothing.
-		w.drop(c)
+		w.drop(c, io.EOF)
 	}
 	return moved, nil
 }
@@ -244,6 +279,7 @@ func (w *Worker) readWhole(c *conn) (int, error) {
 		if got > 0 {
 			p.ring.Commit(ringbuf.Reservation{Start: res.Start, N: got})
 			c.owed += got
+			c.samples += uint64(got)
 			moved += got
 			c.depth.Store(int32(k - got))
 		}
@@ -371,6 +407,7 @@ func (w *Worker) readStaged(c *conn) (int, error) {
 		p.ring.Commit(res)
 		c.staged = 0
 		c.owed++
+		c.samples++
 		moved++
 	}
 	return moved, nil

@@ -17,6 +17,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"sync"
 	"sync/atomic"
@@ -45,6 +46,9 @@ type Config struct {
 	// Handshake is sent to every connection added with AddConn before
 	// anything else.
 	Handshake []byte
+	// Logger receives connection events: opened and closed at Debug,
+	// dropped for an error at Warn. Nil logs nothing.
+	Logger *slog.Logger
 }
 
 // Pool is a set of workers over one ring.
@@ -57,6 +61,7 @@ type Pool struct {
 	workers   []*Worker
 	wg        sync.WaitGroup
 	handshake []byte // read-only
+	log       *slog.Logger
 	acks      []byte // ackBufLen ack bytes, read-only
 
 	// active counts open connections.
@@ -91,6 +96,7 @@ func NewPool(cfg Config) (*Pool, error) {
 		epoch:     time.Now(),
 		done:      make(chan struct{}),
 		handshake: cfg.Handshake,
+		log:       cfg.Logger,
 		acks:      bytes.Repeat([]byte{wire.Ack}, ackBufLen),
 		conns:     make(map[*conn]*Worker),
 	}

@@ -462,11 +462,11 @@ func (w *Worker) closeConns() {
 	w.adoptConns = nil
 	w.adoptMu.Unlock()
 	for _, c := range handed {
-		w.drop(c)
+		w.drop(c, errServerClosed)
 	}
 	for _, c := range w.conns {
 		if c != nil {
-			w.drop(c)
+			w.drop(c, errServerClosed)
 		}
 	}
 }

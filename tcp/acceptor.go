@@ -2,6 +2,8 @@ package tcp
 
 import (
 	"errors"
+	"log/slog"
+	"net"
 	"os"
 	"sync"
 	"time"
@@ -23,6 +25,7 @@ const acceptPause = 10 * time.Millisecond
 // and an eventfd that Close writes.
 type Acceptor struct {
 	pool      *ingress.Pool
+	log       *slog.Logger // nil: no logs
 	listeners []*Listener
 	epfd, efd int
 	done      chan struct{} // closed when the loop has exited
@@ -34,10 +37,11 @@ type Acceptor struct {
 	err error // the first error the loop could not handle
 }
 
-// Serve starts accepting on listeners. The Acceptor owns them from now on,
-// even when Serve fails.
-func Serve(pool *ingress.Pool, listeners []*Listener) (*Acceptor, error) {
-	a := &Acceptor{pool: pool, listeners: listeners, epfd: -1, efd: -1, done: make(chan struct{})}
+// Serve starts accepting on listeners, logging refusals to log (nil: no
+// logs). The Acceptor owns the listeners from now on, even when Serve
+// fails.
+func Serve(pool *ingress.Pool, listeners []*Listener, log *slog.Logger) (*Acceptor, error) {
+	a := &Acceptor{pool: pool, log: log, listeners: listeners, epfd: -1, efd: -1, done: make(chan struct{})}
 	fail := func(err error) (*Acceptor, error) {
 		close(a.done)
 		return nil, errors.Join(err, a.closeFDs())
@@ -106,12 +110,16 @@ func (a *Acceptor) acceptAll(l *Listener) {
 			a.fail(os.NewSyscallError("accept4", err))
 			return
 		}
+		peer := peerName(fd)
 		gated, err := l.prepare(fd, a.pool.Payload())
 		if err != nil {
 			unix.Close(fd) // the peer sees the connection close
+			if a.log != nil {
+				a.log.Warn("echo: connection refused", "peer", peer, "reason", err)
+			}
 			continue
 		}
-		if err := a.pool.AddConn(fd, gated); errors.Is(err, ingress.ErrClosed) {
+		if err := a.pool.AddConn(fd, gated, peer); errors.Is(err, ingress.ErrClosed) {
 			return // AddConn closed fd
 		}
 		// Any other error is this peer's alone (it left before its
@@ -163,4 +171,21 @@ func (a *Acceptor) closeFDs() error {
 	}
 	a.efd, a.epfd = -1, -1
 	return errors.Join(errs...)
+}
+
+// peerName is the remote address of a connected socket, for logs.
+func peerName(fd int) string {
+	sa, err := unix.Getpeername(fd)
+	if err != nil {
+		return "unknown"
+	}
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return (&net.TCPAddr{IP: a.Addr[:], Port: a.Port}).String()
+	case *unix.SockaddrInet6:
+		return (&net.TCPAddr{IP: a.Addr[:], Port: a.Port}).String()
+	case *unix.SockaddrUnix:
+		return "unix:" + a.Name
+	}
+	return "unknown"
 }

@@ -53,6 +53,8 @@ func suiteCases(quick bool) []suiteCase {
 			cs = append(cs, suiteCase{"latency", fmt.Sprintf("%d/%v", batch, load), func(b *testing.B) { bench.Latency(b, batch, load) }})
 		}
 	}
+	cs = append(cs, suiteCase{"layers", "SPSC queue, one at a time", func(b *testing.B) { bench.SPSCQueue(b, 1) }})
+	cs = append(cs, suiteCase{"layers", "SPSC queue, 64 at a time", func(b *testing.B) { bench.SPSCQueue(b, 64) }})
 	cs = append(cs, suiteCase{"layers", "ring claims, batch 256", func(b *testing.B) { bench.RingClaims(b, 256) }})
 	for _, w := range ws {
 		cs = append(cs, suiteCase{"layers", "Client.Send " + w.Short, func(b *testing.B) { bench.ClientSend(b, w) }})
@@ -148,6 +150,8 @@ func writeSuite(w io.Writer, rows []Row) {
 	for _, r := range section(rows, "layers") {
 		m := r.Metrics
 		switch {
+		case strings.HasPrefix(r.Name, "SPSC"):
+			fmt.Fprintf(w, "| %s | %s items/s | buffered `chan` of the same capacity | %.2f | %d |\n", r.Name, rate(m["items/s"]), m["x_chan"], r.Allocs)
 		case strings.HasPrefix(r.Name, "ring"):
 			fmt.Fprintf(w, "| %s | %s slots/s | one uncontended CAS | %.2f | %d |\n", r.Name, rate(m["slots/s"]), m["x_cas"], r.Allocs)
 		case strings.HasPrefix(r.Name, "Client.Send"):
