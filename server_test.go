@@ -3,8 +3,8 @@ package echo_test
 import (
 	"context"
 	"encoding/json"
-	"expvar"
 	"errors"
+	"expvar"
 	"fmt"
 	"strings"
 	"sync"
