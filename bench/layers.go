@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"io"
 	"runtime"
 	"slices"
 	"sync"
@@ -218,8 +219,9 @@ func latencySample() map[string]any {
 // when saturated (measured first, in the same run; load 0 means
 // saturation), and the learner records, for every row of every batch, the
 // time from send to Sample's return. It reports p50, p99 and p99.9 in
-// microseconds. With batch > 1 a sample also waits for its batch to fill,
-// which at low rates dominates.
+// microseconds, and the p50 as a multiple of the loopback's floor measured
+// in the same run (x_floor: see sinkRoundTrip). With batch > 1 a sample
+// also waits for its batch to fill, which at low rates dominates.
 func Latency(b *testing.B, batch int, load float64) {
 	capacity := 0.0
 	if load > 0 {
@@ -234,12 +236,58 @@ func Latency(b *testing.B, batch int, load float64) {
 	if err != nil {
 		b.Fatal(err)
 	}
+	floor, err := sinkRoundTrip(2000)
+	if err != nil {
+		b.Fatal(err)
+	}
 	slices.Sort(lat)
 	q := func(p float64) float64 { return float64(lat[int(p*float64(len(lat)-1))]) / 1e3 }
 	b.ReportMetric(rate, "samples/s")
 	b.ReportMetric(q(0.50), "p50_µs")
 	b.ReportMetric(q(0.99), "p99_µs")
 	b.ReportMetric(q(0.999), "p99.9_µs")
+	b.ReportMetric(floor/1e3, "floor_µs")
+	b.ReportMetric(q(0.50)*1e3/floor, "x_floor")
+}
+
+// sinkRoundTrip is the latency floor of this loopback: the median time
+// from writing one W1-sized sample to the raw sink to reading its ack, over
+// n samples sent one at a time, in ns. A sample cannot reach a learner
+// faster than the sink can say it arrived.
+func sinkRoundTrip(n int) (float64, error) {
+	example := latencySample()
+	sink, err := NewSink(example)
+	if err != nil {
+		return 0, err
+	}
+	defer sink.Close()
+	conn, err := dialRaw(sink.Addr())
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	leaves, _, err := pytree.Flatten(example)
+	if err != nil {
+		return 0, err
+	}
+	var payload []byte
+	for _, a := range leaves {
+		payload = append(payload, a.Bytes()...)
+	}
+	ack := make([]byte, 1)
+	rtt := make([]int64, n)
+	for i := range rtt {
+		t0 := time.Now()
+		if _, err := conn.Write(payload); err != nil {
+			return 0, err
+		}
+		if _, err := io.ReadFull(conn, ack); err != nil {
+			return 0, err
+		}
+		rtt[i] = int64(time.Since(t0))
+	}
+	slices.Sort(rtt)
+	return float64(rtt[n/2]), nil
 }
 
 // runLatency sends n samples at rate per second (0: as fast as possible)

@@ -132,15 +132,15 @@ func writeSuite(w io.Writer, rows []Row) {
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "#### Latency, send to `Sample`, one TCP client, W1-sized samples with a timestamp leaf")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| batch / load (of saturated rate) | samples/s | p50 µs | p99 µs | p99.9 µs |")
-	fmt.Fprintln(w, "|---|---|---|---|---|")
+	fmt.Fprintln(w, "| batch / load (of saturated rate) | samples/s | p50 µs | p99 µs | p99.9 µs | floor µs (sink round trip) | p50 / floor |")
+	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
 	for _, r := range section(rows, "latency") {
 		name := r.Name
 		if strings.HasSuffix(name, "/0") {
 			name = strings.TrimSuffix(name, "/0") + "/saturated"
 		}
 		m := r.Metrics
-		fmt.Fprintf(w, "| %s | %s | %.0f | %.0f | %.0f |\n", name, rate(m["samples/s"]), m["p50_µs"], m["p99_µs"], m["p99.9_µs"])
+		fmt.Fprintf(w, "| %s | %s | %.0f | %.0f | %.0f | %.0f | %.1f |\n", name, rate(m["samples/s"]), m["p50_µs"], m["p99_µs"], m["p99.9_µs"], m["floor_µs"], m["x_floor"])
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "#### Layers, each against its own ceiling")
