@@ -131,6 +131,9 @@ type Machine struct {
 	Kernel    string   `json:"kernel"`
 	Go        string   `json:"go"`
 	HugePages string   `json:"transparent_hugepages"`
+	// RingHugePages says how much of a W3 server's ring the kernel backs
+	// with huge pages: whether the ring gets them here, not just the mode.
+	RingHugePages string `json:"ring_huge_pages"`
 }
 
 func machine() Machine {
@@ -149,6 +152,13 @@ func machine() Machine {
 	}
 	if b, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/enabled"); err == nil {
 		m.HugePages = strings.TrimSpace(string(b))
+	}
+	if w, err := bench.Get("W3"); err == nil {
+		if s, err := echo.NewServer(w.MustSample(0), w.BatchSize); err == nil {
+			mem := s.Memory()
+			m.RingHugePages = fmt.Sprintf("%d of %d MiB", mem.HugePageBytes>>20, mem.Bytes>>20)
+			s.Close()
+		}
 	}
 	return m
 }
@@ -172,9 +182,9 @@ func run(o options) error {
 		}()
 	}
 	rep := Report{Machine: machine(), Group: o.group, Quick: o.quick}
-	fmt.Printf("%s, %d cores, %d-byte cache lines, %v; Linux %s, %s, THP %s\n",
+	fmt.Printf("%s, %d cores, %d-byte cache lines, %v; Linux %s, %s, THP %s, ring in huge pages: %s\n",
 		rep.Machine.CPU, rep.Machine.Cores, rep.Machine.CacheLine, rep.Machine.Features,
-		rep.Machine.Kernel, rep.Machine.Go, rep.Machine.HugePages)
+		rep.Machine.Kernel, rep.Machine.Go, rep.Machine.HugePages, rep.Machine.RingHugePages)
 	if rep.Machine.Cores < 8 {
 		fmt.Printf("note: clients and servers share %d cores; many clients measure contention, not scaling\n", rep.Machine.Cores)
 	}
@@ -227,9 +237,9 @@ func run(o options) error {
 		fmt.Printf("\r[%s] %d/%d done%s\n\n", progress(len(cells), len(cells)), len(cells), len(cells), strings.Repeat(" ", 40))
 	}
 	var md strings.Builder
-	fmt.Fprintf(&md, "Produced by `go run ./tools/echo-bench%s` on %s, %d cores, Linux %s, %s, transparent huge pages `%s`; id-echo %s.\n\n",
-		map[bool]string{true: " --quick", false: ""}[o.quick], rep.Machine.CPU, rep.Machine.Cores, rep.Machine.Kernel,
-		rep.Machine.Go, rep.Machine.HugePages, rep.EchoVersion)
+	fmt.Fprintf(&md, "Produced by `go run ./tools/echo-bench%s` on %s, %d cores, %d-byte cache lines, %v, Linux %s, %s, transparent huge pages `%s` (a W3 ring: %s in huge pages); id-echo %s.\n\n",
+		map[bool]string{true: " --quick", false: ""}[o.quick], rep.Machine.CPU, rep.Machine.Cores, rep.Machine.CacheLine,
+		rep.Machine.Features, rep.Machine.Kernel, rep.Machine.Go, rep.Machine.HugePages, rep.Machine.RingHugePages, rep.EchoVersion)
 	if len(rep.Suite) > 0 {
 		writeSuite(&md, rep.Suite)
 	}
