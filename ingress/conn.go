@@ -184,11 +184,14 @@ func (w *Worker) adoptConn(c *conn) {
 // forgets it. What c's peer sent and was not yet read is discarded with
 // the socket; a partial sample in stage is never committed.
 func (w *Worker) drop(c *conn, reason error) {
+	partial := c.staged
+	if reason == io.EOF {
+		// The peer closed with a partial sample unread. Read it out
+		// first: closing a socket with unread bytes sends a reset, which
+		// can destroy the acks for the whole samples before it.
+		partial += w.discard(c.fd)
+	}
 	if p := w.pool; p.log != nil {
-		partial := c.staged
-		if c.fd >= 0 && w.queued(c.fd) == nil {
-			partial += int(w.inq)
-		}
 		level, msg := slog.LevelDebug, "echo: connection closed"
 		if reason != io.EOF && reason != errServerClosed {
 			level, msg = slog.LevelWarn, "echo: connection dropped"
@@ -211,6 +214,22 @@ func (w *Worker) drop(c *conn, reason error) {
 	w.nconns--
 	p.mu.Unlock()
 	p.active.Add(-1)
+}
+
+// discard reads and throws away what fd's receive queue holds (after the
+// peer's EOF, less than one sample) and returns how many bytes that was.
+func (w *Worker) discard(fd int) int {
+	n := 0
+	for {
+		k, err := unix.Read(fd, w.scratch[:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || k <= 0 {
+			return n
+		}
+		n += k
+	}
 }
 
 // serveEvent handles one epoll event of a connection and returns the

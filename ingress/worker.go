@@ -53,6 +53,7 @@ type Worker struct {
 	iov                   []unix.Iovec // readv scratch, cleared after use
 	maxPerRead            int          // whole samples per readv (IOV_MAX)
 	inq                   int32        // FIONREAD result
+	scratch               [4096]byte   // discard's buffer
 	// spare holds slots claimed and not yet written (after a short read);
 	// claim hands them out before reserving more.
 	spare ringbuf.Reservation
