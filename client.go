@@ -82,7 +82,8 @@ type Client struct {
 	// reader takes. Its capacity is max_inflight.
 	tokens   chan struct{}
 	inflight atomic.Int64
-	// idle gets a token when inflight drops to zero; Wait takes it.
+	// idle gets a token when inflight drops to zero; a Wait that takes it
+	// puts it back for the next.
 	idle chan struct{}
 	// done is closed when the connection ends; cause says why.
 	done      chan struct{}
@@ -412,6 +413,15 @@ func (c *Client) Wait(ctx context.Context) error {
 		}
 		select {
 		case <-c.idle:
+			// One token per drain wakes one waiter: pass it on, so that
+			// every Wait blocked at the same moment wakes. A token left
+			// over only costs a later Wait one more look.
+			if c.inflight.Load() == 0 {
+				select {
+				case c.idle <- struct{}{}:
+				default:
+				}
+			}
 		case <-c.done:
 			if c.inflight.Load() == 0 {
 				return nil

@@ -182,6 +182,10 @@ func (s *Server) Start() error {
 	if len(s.cfg.transports) == 0 {
 		return nil
 	}
+	if s.spec.PayloadBytes() == 0 {
+		// The wire has no framing: samples of no bytes cannot be counted.
+		return fmt.Errorf("%w: samples of 0 bytes cannot travel over a transport", ErrBadExample)
+	}
 	var listeners []*tcp.Listener
 	for _, t := range s.cfg.transports {
 		l, err := t.Listen(s.spec.PayloadBytes())
@@ -453,6 +457,10 @@ func (s *Server) freeIfIdle() {
 	}
 }
 
+// expvarMu makes PublishExpvar's check and publish one step: expvar.Publish
+// panics on a name taken in between.
+var expvarMu sync.Mutex
+
 // PublishExpvar exports the server's metrics through the standard expvar
 // package under name: the SampleInfo of the latest batch and the number of
 // batches handed out, as JSON at /debug/vars wherever the program serves
@@ -461,8 +469,12 @@ func (s *Server) freeIfIdle() {
 //
 //	srv.PublishExpvar("echo")
 //
-// It fails if name is already published.
+// It fails if name is already published. expvar has no unpublish: the
+// variable (and the server it reads) stays for the life of the process,
+// showing the last batch after Close.
 func (s *Server) PublishExpvar(name string) error {
+	expvarMu.Lock()
+	defer expvarMu.Unlock()
 	if expvar.Get(name) != nil {
 		return fmt.Errorf("echo: expvar %q is already published", name)
 	}

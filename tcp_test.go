@@ -840,3 +840,125 @@ func TestConnectionEventsLogged(t *testing.T) {
 		t.Fatalf("%d connections logged as opened, want 2", n)
 	}
 }
+
+// TestZeroByteLeafAndFullReadv: an empty leaf takes no iovec, and one
+// readv of the most samples it can take must not overrun the iovec array.
+func TestZeroByteLeafAndFullReadv(t *testing.T) {
+	empty, err := pytree.Zeros(pytree.Float32, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	example := map[string]any{"a": pytree.MustOf(make([]uint8, 64)), "empty": empty}
+	const batch = 1024
+	s := newServerFor(t, example, batch, echo.WithTCP("127.0.0.1:0"), echo.WithNumBuffers(2))
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c, err := echo.Dial(context.Background(), s.Addr().String(), example, echo.WithMaxInflight(batch))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	trees := make([]any, batch)
+	for i := range trees {
+		b := make([]uint8, 64)
+		b[0], b[1] = byte(i), byte(i>>8)
+		trees[i] = map[string]any{"a": pytree.MustOf(b), "empty": empty}
+	}
+	if err := c.SendBatch(trees); err != nil { // one writev of all of them
+		t.Fatal(err)
+	}
+	smp, err := s.Sample(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := smp.Leaves[0].Bytes()
+	for i := range batch {
+		if got := int(a[64*i]) | int(a[64*i+1])<<8; got != i {
+			t.Fatalf("row %d holds sample %d", i, got)
+		}
+	}
+	if err := c.Wait(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestStagedHalfCloseGetsAcks: a client of samples too large for the gate
+// that half-closes after sending still gets every ack.
+func TestStagedHalfCloseGetsAcks(t *testing.T) {
+	const size = 3 << 20 // two do not fit a 4 MiB window: staged
+	example := map[string]any{"blob": pytree.MustOf(make([]uint8, size))}
+	s := newServerFor(t, example, 1, echo.WithTCP("127.0.0.1:0"), echo.WithNumBuffers(4))
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", s.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := wire.ReadHandshake(c, wire.Limits{}); err != nil {
+		t.Fatal(err)
+	}
+	stream := make([]byte, 3*size)
+	for i := range stream {
+		stream[i] = byte(i / size)
+	}
+	if _, err := c.Write(stream); err != nil {
+		t.Fatal(err)
+	}
+	c.(*net.TCPConn).CloseWrite()
+	acks, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(acks, []byte{wire.Ack, wire.Ack, wire.Ack}) {
+		t.Fatalf("acks %x after a half-close, want 3", acks)
+	}
+	for k := range 3 {
+		smp, err := s.Sample(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b := smp.Leaves[0].Bytes(); b[0] != byte(k) || b[size-1] != byte(k) {
+			t.Fatalf("sample %d holds %d…%d", k, b[0], b[size-1])
+		}
+	}
+}
+
+// TestConcurrentWaits: every goroutine waiting on one client wakes.
+func TestConcurrentWaits(t *testing.T) {
+	s := startTCP(t, 4)
+	var consumer sync.WaitGroup
+	consumer.Go(func() {
+		for {
+			if _, err := s.Sample(context.Background()); err != nil {
+				return
+			}
+		}
+	})
+	defer func() { s.Close(); consumer.Wait() }()
+	c, err := echo.Dial(context.Background(), s.Addr().String(), numbered(0, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for round := range 50 {
+		for seq := range 8 {
+			if err := c.Send(numbered(0, round*8+seq)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Go(func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				if err := c.Wait(ctx); err != nil {
+					t.Errorf("round %d: Wait: %v", round, err)
+				}
+			})
+		}
+		wg.Wait()
+	}
+}

@@ -27,8 +27,10 @@ import (
 //   - Edge-triggered epoll never reminds: a connection left with whole
 //     samples when its turn ran out goes on the worker's backlog, which the
 //     loop serves before it waits again.
-//   - EPOLLOUT stays registered: its edge fires only after a write came up
-//     short, which is exactly when pending acks need a retry.
+//   - EPOLLOUT stays registered. On TCP its edge fires only after a write
+//     came up short, which is exactly when pending acks need a retry; on
+//     Unix sockets also each time the peer reads, which costs a turn that
+//     finds nothing.
 //
 // A full ring blocks the worker in ringbuf.WaitSpace. Reading stops, the
 // receive buffers fill, and TCP's flow control pushes back on every client
@@ -256,7 +258,12 @@ func (w *Worker) serve(c *conn) (int, error) {
 	if errors.Is(err, ringbuf.ErrClosed) {
 		return moved, err
 	}
+	if err == io.EOF {
+		c.peerClosed, err = true, nil
+	}
 	if err == nil {
+		// Acks first, even when the peer has closed its side: a client
+		// that half-closes still waits for them.
 		err = w.flush(c)
 	}
 	switch {
@@ -267,11 +274,13 @@ func (w *Worker) serve(c *conn) (int, error) {
 			c.inBacklog = true
 			w.backlog = append(w.backlog, c)
 		}
-	case c.peerClosed:
-		// Everything whole was read: what is left is a partial sample,
-		// or nothing.
+	case c.peerClosed && c.owed == 0:
+		// Everything whole was read and acked: what is left is a partial
+		// sample, or nothing.
 		w.drop(c, io.EOF)
 	}
+	// A closed peer still owed acks waits for the EPOLLOUT edge (or for
+	// the write that fails because it is gone).
 	return moved, nil
 }
 
@@ -304,8 +313,10 @@ func (w *Worker) readWhole(c *conn) (int, error) {
 		}
 		if got < res.N {
 			// The unread slots stay claimed by this worker: the next
-			// samples it reads, from any source, fill them.
-			w.spare = ringbuf.Reservation{Start: res.Start + uint64(got), N: res.N - got}
+			// samples it reads (from any of its connections or queues)
+			// fill them before it reserves more. res was cut from the
+			// front of any spare left, so the two join.
+			w.spare = ringbuf.Reservation{Start: res.Start + uint64(got), N: res.N - got + w.spare.N}
 		}
 		if err != nil {
 			return moved, err
@@ -337,22 +348,21 @@ func (w *Worker) readInto(fd int, res ringbuf.Reservation) (int, error) {
 			}
 		}
 	}
+	built := len(iov)
+	defer clear(w.iov[:built]) // the iovecs point into the ring: drop them
 	want := res.N * p.payload
 	done := 0
 	for len(iov) > 0 {
 		n, err := readv(fd, iov[:min(len(iov), iovMax)])
 		if err != nil {
-			clear(w.iov[:cap(iov)])
 			return done / p.payload, err
 		}
 		if n == 0 {
-			clear(w.iov[:cap(iov)])
 			return done / p.payload, errShortRead
 		}
 		done += n
 		iov = advance(iov, n)
 	}
-	clear(w.iov[:res.N*len(p.leafBytes)])
 	if done != want {
 		return done / p.payload, errShortRead
 	}

@@ -5,8 +5,10 @@
 // drains them in rounds: from each queue it pops at most the depth it saw
 // when the round reached it, starting each round one queue further along, and
 // inserts everything it popped with as few ring reservations as the batch
-// boundaries allow. With nothing to do it parks in epoll_wait on an eventfd
-// that producers write only when they see it parked.
+// boundaries allow. With nothing to do it parks until its epoll set, which
+// holds an eventfd that producers write only when they see it parked, has
+// an event; the set is registered with Go's own poller, so a parked worker
+// is a waiting goroutine, not a blocked thread.
 //
 // Transports hand accepted sockets to AddConn; a worker adds each to its
 // epoll set, so one loop serves producers and connections alike (conn.go
@@ -209,7 +211,12 @@ func (p *Pool) fail(err error) {
 // returns. Close waits for the workers to exit, closes
 // their file descriptors and returns the first error any of them hit.
 func (p *Pool) Close() error {
-	if p.closed.Swap(true) {
+	// Under mu, so that an AddConn either sees closed or has finished
+	// handing its connection over before the workers' connections close.
+	p.mu.Lock()
+	already := p.closed.Swap(true)
+	p.mu.Unlock()
+	if already {
 		return nil
 	}
 	close(p.done)

@@ -54,8 +54,10 @@ type Worker struct {
 	maxPerRead            int          // whole samples per readv (IOV_MAX)
 	inq                   int32        // FIONREAD result
 	scratch               [4096]byte   // discard's buffer
-	// spare holds slots claimed and not yet written (after a short read);
-	// claim hands them out before reserving more.
+	// spare holds slots claimed and not yet written (after a short read,
+	// which FIONREAD makes all but impossible); claim hands them out
+	// before reserving more. Only this worker fills them, so a spare left
+	// on a worker that never reads again would keep its batch open.
 	spare ringbuf.Reservation
 
 	queues []*Queue

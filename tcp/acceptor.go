@@ -79,8 +79,11 @@ func (a *Acceptor) run() {
 			continue
 		}
 		if err != nil {
+			// Close reports it; meanwhile keep trying, so that the
+			// listeners are not left open with nobody accepting.
 			a.fail(os.NewSyscallError("epoll_wait", err))
-			return
+			time.Sleep(acceptPause)
+			continue
 		}
 		for _, ev := range events[:n] {
 			if ev.Pad == 0 {
@@ -101,6 +104,9 @@ func (a *Acceptor) acceptAll(l *Listener) {
 			return
 		case unix.EINTR, unix.ECONNABORTED:
 			continue // the peer gave up before we took it
+		case unix.ENETDOWN, unix.EPROTO, unix.ENOPROTOOPT, unix.EHOSTDOWN, unix.ENONET,
+			unix.EHOSTUNREACH, unix.EOPNOTSUPP, unix.ENETUNREACH:
+			continue // network errors of that one connection: accept(2) says retry
 		case unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM:
 			// Out of descriptors or memory, for now: leave the peers
 			// queued and try again shortly.
