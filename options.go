@@ -40,6 +40,7 @@ type config struct {
 	detailedMetrics     bool
 	transports          []tcp.Transport
 	logger              *slog.Logger
+	maxConnections      int
 }
 
 func defaultConfig() config {
@@ -57,6 +58,9 @@ func (c config) validate() error {
 	}
 	if c.numDrainers < 1 {
 		return fmt.Errorf("%w: num_drainers %d, must be at least 1", ErrBadConfig, c.numDrainers)
+	}
+	if c.maxConnections < 0 {
+		return fmt.Errorf("%w: max connections %d, must be at least 0", ErrBadConfig, c.maxConnections)
 	}
 	if c.producerQueueSize < 1 {
 		return fmt.Errorf("%w: producer_queue_size %d, must be at least 1", ErrBadConfig, c.producerQueueSize)
@@ -115,3 +119,9 @@ func WithTransport(t tcp.Transport) Option {
 // discarded) at Debug, and each one dropped for an error or refused at
 // Warn. Off by default. Nothing is logged per sample.
 func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l } }
+
+// WithMaxConnections caps the connections open at once (default 0: no
+// cap). A connection past the cap is closed as soon as it is accepted,
+// before the handshake, so its client's Dial fails; each refusal is
+// counted in SampleInfo.RefusedConnections and logged at Warn.
+func WithMaxConnections(n int) Option { return func(c *config) { c.maxConnections = n } }

@@ -48,6 +48,9 @@ type SampleInfo struct {
 	StoreSize int
 	// ActiveConnections is the number of connected network producers.
 	ActiveConnections int
+	// RefusedConnections counts connections closed at accept because
+	// WithMaxConnections were open.
+	RefusedConnections uint64
 	// QueueDepthSum is the number of samples waiting in producer queues
 	// (and socket buffers), summed.
 	QueueDepthSum int

@@ -73,9 +73,11 @@ type Server struct {
 	lastInfo SampleInfo
 	batches  uint64
 
-	startMu   sync.Mutex
-	started   bool
-	acceptor  *tcp.Acceptor
+	startMu  sync.Mutex
+	started  bool
+	acceptor *tcp.Acceptor
+	// accepting is acceptor again, for info, which runs without startMu.
+	accepting atomic.Pointer[tcp.Acceptor]
 	addrs     []net.Addr
 	closeOnce sync.Once
 	closeErr  error // the ingress pool's, set inside closeOnce
@@ -197,11 +199,12 @@ func (s *Server) Start() error {
 		}
 		listeners = append(listeners, l)
 	}
-	a, err := tcp.Serve(s.pool, listeners, s.cfg.logger)
+	a, err := tcp.Serve(s.pool, listeners, s.cfg.logger, s.cfg.maxConnections)
 	if err != nil {
 		return fmt.Errorf("echo: start: %w", err)
 	}
 	s.acceptor = a
+	s.accepting.Store(a)
 	for _, l := range listeners {
 		s.addrs = append(s.addrs, l.Addr())
 	}
@@ -350,6 +353,7 @@ func (s *Server) info() SampleInfo {
 	in := SampleInfo{
 		StoreSize:            int(st.Stored),
 		ActiveConnections:    ps.Connections,
+		RefusedConnections:   s.refused(),
 		QueueDepthSum:        ps.QueueDepthSum,
 		QueueDepthMax:        ps.QueueDepthMax,
 		PushBlockedCount:     s.pushBlocked.Load() + ps.PushBlocked,
@@ -366,6 +370,14 @@ func (s *Server) info() SampleInfo {
 		in.QueueDwell = histogram(ps.QueueDwell)
 	}
 	return in
+}
+
+// refused returns the connections the acceptor refused, if there is one.
+func (s *Server) refused() uint64 {
+	if a := s.accepting.Load(); a != nil {
+		return a.Refused()
+	}
+	return 0
 }
 
 func histogram(h hist.Summary) Histogram {

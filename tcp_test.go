@@ -962,3 +962,55 @@ func TestConcurrentWaits(t *testing.T) {
 		wg.Wait()
 	}
 }
+
+func TestMaxConnections(t *testing.T) {
+	s := startTCP(t, 1, echo.WithMaxConnections(2), echo.WithNumBuffers(64))
+	addr := s.Addr().String()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var kept []*echo.Client
+	for range 2 {
+		c, err := echo.Dial(ctx, addr, numbered(0, 0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		kept = append(kept, c)
+	}
+	if _, err := echo.Dial(ctx, addr, numbered(0, 0)); err == nil {
+		t.Fatal("a third connection got past WithMaxConnections(2)")
+	}
+	// The two admitted clients are unharmed.
+	for i, c := range kept {
+		if err := c.Send(numbered(i, 0)); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var info echo.SampleInfo
+	for range 2 {
+		smp, err := s.Sample(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info = smp.Info
+	}
+	if info.RefusedConnections != 1 || info.ActiveConnections != 2 {
+		t.Fatalf("refused %d, active %d; want 1 and 2", info.RefusedConnections, info.ActiveConnections)
+	}
+	// Once one leaves, a new one gets in.
+	kept[0].Close()
+	kept[1].Close()
+	for {
+		c, err := echo.Dial(ctx, addr, numbered(0, 0))
+		if err == nil {
+			c.Close()
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal("no connection admitted after the others left")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

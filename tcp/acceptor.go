@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -24,8 +25,12 @@ const acceptPause = 10 * time.Millisecond
 // ingress pool. It runs one goroutine, parked in epoll_wait on the listeners
 // and an eventfd that Close writes.
 type Acceptor struct {
-	pool      *ingress.Pool
-	log       *slog.Logger // nil: no logs
+	pool     *ingress.Pool
+	log      *slog.Logger // nil: no logs
+	maxConns int          // 0: no limit
+	// refused counts connections closed at once because maxConns were
+	// open. Written by the loop, read by anyone.
+	refused   atomic.Uint64
 	listeners []*Listener
 	epfd, efd int
 	done      chan struct{} // closed when the loop has exited
@@ -38,10 +43,10 @@ type Acceptor struct {
 }
 
 // Serve starts accepting on listeners, logging refusals to log (nil: no
-// logs). The Acceptor owns the listeners from now on, even when Serve
-// fails.
-func Serve(pool *ingress.Pool, listeners []*Listener, log *slog.Logger) (*Acceptor, error) {
-	a := &Acceptor{pool: pool, log: log, listeners: listeners, epfd: -1, efd: -1, done: make(chan struct{})}
+// logs) and refusing connections while maxConns are open (0: no limit).
+// The Acceptor owns the listeners from now on, even when Serve fails.
+func Serve(pool *ingress.Pool, listeners []*Listener, log *slog.Logger, maxConns int) (*Acceptor, error) {
+	a := &Acceptor{pool: pool, log: log, maxConns: maxConns, listeners: listeners, epfd: -1, efd: -1, done: make(chan struct{})}
 	fail := func(err error) (*Acceptor, error) {
 		close(a.done)
 		return nil, errors.Join(err, a.closeFDs())
@@ -117,6 +122,16 @@ func (a *Acceptor) acceptAll(l *Listener) {
 			return
 		}
 		peer := peerName(fd)
+		if a.maxConns > 0 && a.pool.ActiveConnections() >= a.maxConns {
+			// Closed before the handshake: the peer's connect succeeds,
+			// its read of the handshake meets the end of the stream.
+			unix.Close(fd)
+			a.refused.Add(1)
+			if a.log != nil {
+				a.log.Warn("echo: connection refused", "peer", peer, "reason", "max connections", "max", a.maxConns)
+			}
+			continue
+		}
 		gated, err := l.prepare(fd, a.pool.Payload())
 		if err != nil {
 			unix.Close(fd) // the peer sees the connection close
@@ -195,3 +210,6 @@ func peerName(fd int) string {
 	}
 	return "unknown"
 }
+
+// Refused returns the number of connections refused for MaxConnections.
+func (a *Acceptor) Refused() uint64 { return a.refused.Load() }
