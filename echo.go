@@ -3,10 +3,12 @@
 //
 // A learner builds a [Server] from an example sample (a pytree: nested
 // map[string]any, []any, [pytree.Tuple] and nil, with [pytree.Array] leaves)
-// and a batch size. Producers hand it samples that match the example exactly;
-// the learner calls [Server.Sample] and gets a batch whose every leaf is one
-// contiguous array of shape (batchSize, *leaf.shape), viewing the server's
-// ring memory directly.
+// and a batch size. Actors hand it samples that match the example exactly:
+// over TCP or Unix sockets with a [Client] (or echo's own Python TcpClient:
+// the wire protocol is echo's version 1), or in process with a [Producer]
+// or [Server.Submit]. The learner calls [Server.Sample] and gets a batch
+// whose every leaf is one contiguous array of shape (batchSize,
+// *leaf.shape), viewing the server's ring memory directly.
 //
 // # Lifetime of batch views
 //
@@ -18,7 +20,9 @@
 //
 // The hot path lives in three files: ringbuf/ring.go (slot claims, commits,
 // batch hand-off), server.go (Submit, Sample) and pytree/spec.go (validation
-// and flattening against the example).
+// and flattening against the example). Over the network it is
+// ingress/conn.go (FIONREAD, one readv into the slots, one write of acks)
+// and client.go (one writev per sample).
 package echo
 
 import (

@@ -93,7 +93,7 @@ type conn struct {
 // AddConn sends the handshake on an accepted, non-blocking, connected
 // stream socket and hands it to the worker with the fewest connections,
 // which moves its samples into the ring from then on. gated says whether
-// the socket can buffer several whole samples (see the tcp package), in
+// the socket can buffer two whole samples or more (see the tcp package), in
 // which case samples wait in the kernel until whole and are read straight
 // into their slots. The pool owns fd from now on, even when AddConn fails.
 //
