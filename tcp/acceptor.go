@@ -123,10 +123,12 @@ func (a *Acceptor) acceptAll(l *Listener) {
 		}
 		peer := peerName(fd)
 		if a.maxConns > 0 && a.pool.ActiveConnections() >= a.maxConns {
-			// Closed before the handshake: the peer's connect succeeds,
-			// its read of the handshake meets the end of the stream.
-			unix.Close(fd)
+			// Counted first, so that a peer that sees the close sees
+			// the count too. Closed before the handshake: the peer's
+			// connect succeeds, its read of the handshake meets the end
+			// of the stream.
 			a.refused.Add(1)
+			unix.Close(fd)
 			if a.log != nil {
 				a.log.Warn("echo: connection refused", "peer", peer, "reason", "max connections", "max", a.maxConns)
 			}
