@@ -104,36 +104,25 @@ func writeSuite(w io.Writer, rows []Row) {
 		}
 		return fmt.Sprintf("%.2f", rate*float64(payload[wl])/1e9)
 	}
-	fmt.Fprintln(w, "#### In process: `Submit` + `Sample` (ceiling: `copy()` into ring-shaped memory)")
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| workload | samples/s | GB/s | × copy ceiling | allocs/op |")
-	fmt.Fprintln(w, "|---|---|---|---|---|")
-	for _, r := range section(rows, "inprocess") {
-		fmt.Fprintf(w, "| %s | %s | %s | %.2f | %d |\n", r.Name, rate(r.Metrics["samples/s"]), gb(r.Name, r.Metrics["samples/s"]), r.Metrics["x_copy"], r.Allocs)
+	copyRows := func(title, first, sec string) {
+		heading(w, title, first, "samples/s", "GB/s", "× copy ceiling", "allocs/op")
+		for _, r := range section(rows, sec) {
+			fmt.Fprintf(w, "| %s | %s | %s | %.2f | %d |\n", r.Name, rate(r.Metrics["samples/s"]), gb(r.Name, r.Metrics["samples/s"]), r.Metrics["x_copy"], r.Allocs)
+		}
+		fmt.Fprintln(w)
 	}
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "#### Producers (ceiling: the same `copy()`; more producers than cores measures contention)")
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| workload / producers | samples/s | GB/s | × copy ceiling | allocs/op |")
-	fmt.Fprintln(w, "|---|---|---|---|---|")
-	for _, r := range section(rows, "producers") {
-		fmt.Fprintf(w, "| %s | %s | %s | %.2f | %d |\n", r.Name, rate(r.Metrics["samples/s"]), gb(r.Name, r.Metrics["samples/s"]), r.Metrics["x_copy"], r.Allocs)
-	}
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "#### TCP over loopback, one sample per `Send` (ceiling: raw sink; baseline: goroutine per `net.Conn`)")
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| workload / clients | samples/s | GB/s | sink | × sink | net.Conn baseline | × baseline | RTOs (epoll / others) |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|---|")
+	copyRows("In process: `Submit` + `Sample` (ceiling: `copy()` into ring-shaped memory)", "workload", "inprocess")
+	copyRows("Producers (ceiling: the same `copy()`; more producers than cores measures contention)", "workload / producers", "producers")
+	heading(w, "TCP over loopback, one sample per `Send` (ceiling: raw sink; baseline: goroutine per `net.Conn`)",
+		"workload / clients", "samples/s", "GB/s", "sink", "× sink", "net.Conn baseline", "× baseline", "RTOs (epoll / others)")
 	for _, r := range section(rows, "tcp") {
 		m := r.Metrics
 		fmt.Fprintf(w, "| %s | %s | %s | %s | %.2f | %s | %.2f | %.0f / %.0f |\n", r.Name, rate(m["samples/s"]), gb(r.Name, m["samples/s"]),
 			rate(m["sink_samples/s"]), m["x_sink"], rate(m["netconn_samples/s"]), m["x_netconn"], m["rto_epoll"], m["rto_others"])
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "#### Latency, send to `Sample`, one TCP client, W1-sized samples with a timestamp leaf")
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| batch / load (of saturated rate) | samples/s | p50 µs | p99 µs | p99.9 µs | floor µs (sink round trip) | p50 / floor |")
-	fmt.Fprintln(w, "|---|---|---|---|---|---|---|")
+	heading(w, "Latency, send to `Sample`, one TCP client, W1-sized samples with a timestamp leaf",
+		"batch / load (of saturated rate)", "samples/s", "p50 µs", "p99 µs", "p99.9 µs", "floor µs (sink round trip)", "p50 / floor")
 	for _, r := range section(rows, "latency") {
 		name := r.Name
 		if strings.HasSuffix(name, "/0") {
@@ -143,10 +132,7 @@ func writeSuite(w io.Writer, rows []Row) {
 		fmt.Fprintf(w, "| %s | %s | %.0f | %.0f | %.0f | %.0f | %.1f |\n", name, rate(m["samples/s"]), m["p50_µs"], m["p99_µs"], m["p99.9_µs"], m["floor_µs"], m["x_floor"])
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "#### Layers, each against its own ceiling")
-	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| layer | rate | ceiling | ratio | allocs/op |")
-	fmt.Fprintln(w, "|---|---|---|---|---|")
+	heading(w, "Layers, each against its own ceiling", "layer", "rate", "ceiling", "ratio", "allocs/op")
 	for _, r := range section(rows, "layers") {
 		m := r.Metrics
 		switch {
@@ -161,6 +147,11 @@ func writeSuite(w io.Writer, rows []Row) {
 		}
 	}
 	fmt.Fprintln(w)
+}
+
+// heading starts a Markdown table: its title, then the header row.
+func heading(w io.Writer, title string, cols ...string) {
+	fmt.Fprintf(w, "#### %s\n\n| %s |\n|%s\n", title, strings.Join(cols, " | "), strings.Repeat("---|", len(cols)))
 }
 
 // rewriteReadme replaces the text between the echo-bench markers of path.
