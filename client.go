@@ -101,6 +101,29 @@ type Client struct {
 // for another protocol version, and ErrSpecMismatch, naming the first
 // differing leaf, when the server expects other samples.
 func Dial(ctx context.Context, addr string, example any, opts ...ClientOption) (*Client, error) {
+	network, address := "tcp", addr
+	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+		network, address = "unix", path
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, network, address)
+	if err != nil {
+		return nil, fmt.Errorf("echo: dial %s: %w", addr, err)
+	}
+	c, err := NewClient(ctx, conn, example, opts...)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("echo: dial %s: %w", addr, err)
+	}
+	return c, nil
+}
+
+// NewClient is Dial over a connection the caller made: through a proxy, from
+// another network namespace, with its own dialer. conn must be a stream
+// with a file descriptor (*net.TCPConn, *net.UnixConn). NewClient reads and
+// checks the handshake and returns errors as Dial does; on error the caller
+// still owns conn, on success the Client does.
+func NewClient(ctx context.Context, conn net.Conn, example any, opts ...ClientOption) (*Client, error) {
 	cfg := clientConfig{maxInflight: DefaultMaxInflight}
 	for _, o := range opts {
 		o(&cfg)
@@ -116,21 +139,10 @@ func Dial(ctx context.Context, addr string, example any, opts ...ClientOption) (
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadExample, err)
 	}
-	network, address := "tcp", addr
-	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
-		network, address = "unix", path
+	if _, ok := conn.(syscall.Conn); !ok {
+		return nil, fmt.Errorf("%w: connection %T has no file descriptor", ErrBadConfig, conn)
 	}
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, network, address)
-	if err != nil {
-		return nil, fmt.Errorf("echo: dial %s: %w", addr, err)
-	}
-	c, err := handshake(ctx, conn, spec, want, cfg)
-	if err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("echo: dial %s: %w", addr, err)
-	}
-	return c, nil
+	return handshake(ctx, conn, spec, want, cfg)
 }
 
 // handshake reads the server's handshake from conn, checks it and builds

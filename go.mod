@@ -9,3 +9,5 @@ require (
 	go.uber.org/goleak v1.3.0
 	golang.org/x/sys v0.50.0
 )
+
+require github.com/dgryski/go-metro v0.0.0-20250106013310-edb8663e5e33 // indirect

@@ -1,0 +1,100 @@
+package integrity
+
+import (
+	"testing"
+
+	"github.com/seed-a9ef92a1/echo/pytree"
+)
+
+const body = 40
+
+// batch builds a batch's leaves from whole payloads, as a server lays them
+// out: every body, then every stamp.
+func batch(t *testing.T, payloads ...[]byte) []pytree.Array {
+	t.Helper()
+	var bodies, stamps []byte
+	for _, p := range payloads {
+		bodies = append(bodies, p[:body]...)
+		stamps = append(stamps, p[body:]...)
+	}
+	b, err := pytree.NewArray(pytree.Uint8, []int{len(payloads), body}, bodies)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := pytree.NewArray(pytree.Uint64, []int{len(payloads), 3}, stamps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return []pytree.Array{b, s} // flatten order: "body" < "stamp"
+}
+
+// stamped returns the payload of sample seq of stream id.
+func stamped(id, seq uint64) []byte {
+	s := NewSample(body)
+	s.Fill(id, seq)
+	return s.Payload
+}
+
+func TestCleanStream(t *testing.T) {
+	c := NewChecker(body)
+	c.Batch(batch(t, stamped(1, 0), stamped(2, 0), stamped(1, 1)))
+	c.Batch(batch(t, stamped(2, 1), stamped(1, 2), stamped(Filler, 0)))
+	c.Sent(1, 3, 3)
+	c.Sent(2, 3, 1) // the third never arrived, and was never acked
+	r := c.Report()
+	want := Report{Streams: 2, Sent: 6, Acked: 4, Delivered: 5, Fillers: 1}
+	if r != want || !r.OK() {
+		t.Fatalf("got %+v, want %+v", r, want)
+	}
+}
+
+// Every fault the checker exists for, one at a time: each must show.
+func TestFaultsShow(t *testing.T) {
+	flipped := stamped(1, 1)
+	flipped[3] ^= 0x10
+	renumbered := stamped(1, 1)
+	renumbered[body+8] = 0 // sequence 1 claims to be 0: the hash no longer fits
+	spliced := append(append([]byte(nil), stamped(1, 1)[:body/2]...), stamped(1, 2)[body/2:]...)
+	for _, tc := range []struct {
+		name  string
+		got   [][]byte
+		sent  uint64
+		acked uint64
+		check func(Report) bool
+	}{
+		{"lost", [][]byte{stamped(1, 0)}, 2, 2, func(r Report) bool { return r.Lost == 1 }},
+		{"duplicated", [][]byte{stamped(1, 0), stamped(1, 1), stamped(1, 1)}, 2, 2, func(r Report) bool { return r.Duplicated == 1 }},
+		{"reordered", [][]byte{stamped(1, 1), stamped(1, 0)}, 2, 2, func(r Report) bool { return r.Reordered == 1 && r.Duplicated == 1 }},
+		{"gap", [][]byte{stamped(1, 0), stamped(1, 2)}, 3, 3, func(r Report) bool { return r.Reordered == 1 }},
+		{"bit flip", [][]byte{stamped(1, 0), flipped}, 2, 2, func(r Report) bool { return r.Corrupted == 1 && r.Lost == 1 }},
+		{"renumbered", [][]byte{stamped(1, 0), renumbered}, 2, 2, func(r Report) bool { return r.Corrupted == 1 }},
+		{"spliced", [][]byte{stamped(1, 0), spliced}, 3, 1, func(r Report) bool { return r.Corrupted == 1 }},
+		{"phantom", [][]byte{stamped(1, 0), stamped(1, 1)}, 1, 1, func(r Report) bool { return r.Phantom == 1 }},
+		{"unknown stream", [][]byte{stamped(9, 0)}, 0, 0, func(r Report) bool { return r.Corrupted == 1 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := NewChecker(body)
+			c.Batch(batch(t, tc.got...))
+			c.Sent(1, tc.sent, tc.acked)
+			r := c.Report()
+			if r.OK() || !tc.check(r) {
+				t.Fatalf("report %+v", r)
+			}
+		})
+	}
+}
+
+func TestFillAllocatesNothing(t *testing.T) {
+	s := NewSample(1000)
+	seq := uint64(0)
+	if n := testing.AllocsPerRun(100, func() { s.Fill(3, seq); seq++ }); n != 0 {
+		t.Fatalf("Fill allocates %v times", n)
+	}
+}
+
+func TestSamplesDiffer(t *testing.T) {
+	a, b := stamped(1, 0), stamped(1, 1)
+	if string(a[:body]) == string(b[:body]) {
+		t.Fatal("two samples of a stream have the same body")
+	}
+}

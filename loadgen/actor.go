@@ -1,0 +1,457 @@
+// Package loadgen drives a server with many actors that crash, reconnect
+// and misbehave, and checks with package integrity that nothing they had
+// acknowledged was lost, duplicated, reordered or corrupted.
+//
+// Run is one fault run: Config.Actors actors each send Config.Samples
+// integrity samples over as many connections as it takes, killing a
+// fraction of their connections at a random byte (in the handshake, between
+// samples or inside one) and reconnecting, while a consumer checks every
+// batch, pausing when told to. The hostile scenarios in hostile.go attack a
+// live server while such a run goes on. The tests of this package and
+// tools/echo-load use both.
+package loadgen
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/seed-a9ef92a1/echo"
+	"github.com/seed-a9ef92a1/echo/integrity"
+	"github.com/seed-a9ef92a1/echo/pytree"
+	"github.com/seed-a9ef92a1/echo/wire"
+)
+
+// Config describes a fault run.
+type Config struct {
+	// Actors is the number of concurrent actors.
+	Actors int
+	// Samples is what each actor sends, in whole samples, across all its
+	// connections.
+	Samples int
+	// Body is the integrity sample's body size in bytes.
+	Body int
+	// Kill is the probability that a connection is killed at a random
+	// byte instead of ending cleanly.
+	Kill float64
+	// Client sends through echo.Client instead of a raw connection. A
+	// client cannot be killed mid-sample, so Kill then closes it at a
+	// random sample boundary; faults inside samples come from the network
+	// (a proxy between client and server).
+	Client bool
+	// MaxInflight is the number of unacknowledged samples a connection may
+	// have; 0 means echo.DefaultMaxInflight.
+	MaxInflight int
+	// Stall is how long a connection may go without an acknowledgement
+	// while it waits for one before the actor gives up on it and
+	// reconnects; 0 means 10 s.
+	Stall time.Duration
+	// Seed seeds the kill points.
+	Seed uint64
+	// Dial connects one actor to the server.
+	Dial func(ctx context.Context) (net.Conn, error)
+}
+
+// Kill kinds: where a killed connection was cut.
+const (
+	KillHandshake = iota // while reading the server's handshake
+	KillBetween          // between two samples
+	KillMidSample        // inside a sample
+	numKinds
+)
+
+// Actors is what the actors did.
+type Actors struct {
+	Connections uint64           // connections opened
+	Killed      [numKinds]uint64 // connections killed, by where
+	Reset       uint64           // killed connections closed with a reset rather than a FIN
+	Failed      uint64           // connections that ended on an error the actor did not cause
+	DialErrors  uint64           // dials that failed (then retried)
+}
+
+// KilledTotal is the number of connections killed on purpose.
+func (a *Actors) KilledTotal() uint64 {
+	return a.Killed[KillHandshake] + a.Killed[KillBetween] + a.Killed[KillMidSample]
+}
+
+// counters is Actors, written concurrently.
+type counters struct {
+	conns, reset, failed, dialErrs atomic.Uint64
+	killed                         [numKinds]atomic.Uint64
+}
+
+func (c *counters) snapshot() Actors {
+	a := Actors{Connections: c.conns.Load(), Reset: c.reset.Load(), Failed: c.failed.Load(), DialErrors: c.dialErrs.Load()}
+	for i := range a.Killed {
+		a.Killed[i] = c.killed[i].Load()
+	}
+	return a
+}
+
+// streams hands out stream ids; integrity.Filler (0) is never one.
+type streams struct{ next atomic.Uint64 }
+
+func (s *streams) new() uint64 { return s.next.Add(1) }
+
+// actor is one actor: it sends its samples over connection after
+// connection until all are sent.
+type actor struct {
+	cfg     *Config
+	rng     *rand.Rand
+	check   *integrity.Checker
+	ids     *streams
+	count   *counters
+	sample  *integrity.Sample
+	example any
+	// handshakeLen is the size of the server's handshake.
+	handshakeLen int
+}
+
+// run sends the actor's samples.
+func (a *actor) run(ctx context.Context) error {
+	left := a.cfg.Samples
+	backoff := time.Millisecond
+	for left > 0 {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		conn, err := a.cfg.Dial(ctx)
+		if err != nil {
+			a.count.dialErrs.Add(1)
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			time.Sleep(backoff)
+			backoff = min(2*backoff, 100*time.Millisecond)
+			continue
+		}
+		backoff = time.Millisecond
+		a.count.conns.Add(1)
+		var sent int
+		if a.cfg.Client {
+			sent = a.viaClient(ctx, conn, left)
+		} else {
+			sent = a.viaRaw(ctx, conn, left)
+		}
+		left -= sent
+	}
+	return nil
+}
+
+// plan decides whether this connection is killed and, if so, where: with
+// kind KillHandshake after reading at bytes of the handshake, otherwise
+// after at whole samples of the n it could send, plus cut bytes of the next
+// (cut > 0 only for KillMidSample). The three kinds are equally likely.
+func (a *actor) plan(handshake, n int) (kill bool, kind, at, cut int) {
+	if a.rng.Float64() >= a.cfg.Kill {
+		return false, 0, 0, 0
+	}
+	switch kind = a.rng.IntN(numKinds); kind {
+	case KillHandshake:
+		return true, kind, a.rng.IntN(handshake), 0
+	case KillBetween:
+		return true, kind, a.rng.IntN(n), 0
+	default:
+		return true, kind, a.rng.IntN(n), 1 + a.rng.IntN(len(a.sample.Payload)-1)
+	}
+}
+
+// viaRaw serves one connection with raw reads and writes, so that it can
+// be cut at any byte. It returns the whole samples written.
+func (a *actor) viaRaw(ctx context.Context, conn net.Conn, left int) int {
+	id := a.ids.new()
+	s := &rawStream{conn: conn, window: a.cfg.MaxInflight, stall: a.cfg.Stall, acked: make(chan struct{}, 1), done: make(chan struct{})}
+	hsLen := a.handshakeLen
+	kill, kind, at, cut := a.plan(hsLen, left)
+	if kill && kind == KillHandshake {
+		// Read part of the handshake, then vanish.
+		io.ReadFull(conn, make([]byte, at))
+		a.kill(conn, KillHandshake)
+		a.check.Sent(id, 0, 0)
+		return 0
+	}
+	if _, err := wire.ReadHandshake(conn, wire.Limits{}); err != nil {
+		conn.Close()
+		a.count.failed.Add(1)
+		a.check.Sent(id, 0, 0)
+		return 0
+	}
+	go s.readAcks()
+	sent, err := 0, error(nil)
+	stop := left
+	if kill {
+		stop = at
+	}
+	for sent < stop && err == nil {
+		if err = s.waitWindow(ctx, sent); err != nil {
+			break
+		}
+		a.sample.Fill(id, uint64(sent))
+		if _, err = conn.Write(a.sample.Payload); err == nil {
+			sent++
+		}
+	}
+	switch {
+	case err != nil:
+		conn.Close()
+		a.count.failed.Add(1)
+	case kill:
+		if cut > 0 {
+			a.sample.Fill(id, uint64(sent))
+			conn.Write(a.sample.Payload[:cut])
+		}
+		a.kill(conn, kind)
+	default:
+		// Wait for every ack: sent+window-1 is "sent" with room for none.
+		if err := s.waitWindow(ctx, sent+s.window-1); err != nil {
+			a.count.failed.Add(1)
+		}
+		conn.Close()
+	}
+	<-s.done
+	a.check.Sent(id, uint64(sent), s.ackCount.Load())
+	return sent
+}
+
+// kill ends conn abruptly, as a crashing process would: half the time with
+// a reset (unread acks make the kernel send one anyway), half with a FIN.
+func (a *actor) kill(conn net.Conn, kind int) {
+	a.count.killed[kind].Add(1)
+	if tc, ok := conn.(*net.TCPConn); ok && a.rng.IntN(2) == 0 {
+		tc.SetLinger(0)
+		a.count.reset.Add(1)
+	}
+	conn.Close()
+}
+
+// rawStream is a raw connection's ack accounting.
+type rawStream struct {
+	conn     net.Conn
+	window   int
+	stall    time.Duration
+	ackCount atomic.Uint64
+	acked    chan struct{} // a token after every read of acks
+	done     chan struct{} // closed when readAcks returns
+	err      error         // why readAcks returned; read after done
+}
+
+// readAcks counts acknowledgements until the connection ends.
+func (s *rawStream) readAcks() {
+	defer close(s.done)
+	buf := make([]byte, 512)
+	for {
+		n, err := s.conn.Read(buf)
+		for _, b := range buf[:n] {
+			if b != wire.Ack {
+				s.err = fmt.Errorf("loadgen: ack byte %#x", b)
+				s.conn.Close()
+				return
+			}
+		}
+		if n > 0 {
+			s.ackCount.Add(uint64(n))
+			select {
+			case s.acked <- struct{}{}:
+			default:
+			}
+		}
+		if err != nil {
+			s.err = err
+			return
+		}
+	}
+}
+
+// waitWindow waits until at most window-1 of sent samples are unacked, so
+// that one more may be sent.
+func (s *rawStream) waitWindow(ctx context.Context, sent int) error {
+	timer := time.NewTimer(s.stall)
+	defer timer.Stop()
+	for sent-int(s.ackCount.Load()) >= s.window {
+		select {
+		case <-s.acked:
+			timer.Reset(s.stall)
+		case <-s.done:
+			if sent-int(s.ackCount.Load()) < s.window {
+				return nil
+			}
+			return fmt.Errorf("loadgen: connection ended with %d unacked: %v", sent-int(s.ackCount.Load()), s.err)
+		case <-timer.C:
+			return fmt.Errorf("loadgen: no ack for %v", s.stall)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// viaClient serves one connection through echo.Client. It returns the
+// samples handed to Send, counting one that failed: its bytes may have
+// reached the server whole.
+func (a *actor) viaClient(ctx context.Context, conn net.Conn, left int) int {
+	id := a.ids.new()
+	c, err := echo.NewClient(ctx, conn, a.example, echo.WithMaxInflight(a.cfg.MaxInflight))
+	if err != nil {
+		a.count.failed.Add(1)
+		a.check.Sent(id, 0, 0)
+		return 0
+	}
+	// A Client cuts only between samples: read the plan that way.
+	kill, _, at, _ := a.plan(1, left)
+	stop := left
+	if kill {
+		stop = at
+	}
+	sent := 0
+	for sent < stop {
+		a.sample.Fill(id, uint64(sent))
+		err = c.Send(a.sample.Tree)
+		sent++ // see above
+		if err != nil {
+			break
+		}
+	}
+	if err == nil && !kill {
+		wctx, cancel := context.WithTimeout(ctx, a.cfg.Stall)
+		err = c.Wait(wctx)
+		cancel()
+	}
+	acked := uint64(sent - c.Inflight())
+	c.Close()
+	switch {
+	case err != nil:
+		a.count.failed.Add(1)
+	case kill:
+		a.count.killed[KillBetween].Add(1)
+	}
+	a.check.Sent(id, uint64(sent), acked)
+	return sent
+}
+
+// handshakeLen is the size of the version-1 handshake of a server for
+// example: a header, then per leaf its dtype size, rank and dims.
+func handshakeLen(example any) int {
+	spec, err := pytree.SpecOf(example)
+	if err != nil {
+		panic(err)
+	}
+	n := len(wire.Magic) + 1 + 4
+	for _, l := range spec.Leaves() {
+		n += 4 + 4 + 4*len(l.Shape)
+	}
+	return n
+}
+
+// Result is a fault run's outcome.
+type Result struct {
+	integrity.Report
+	Actors
+	Batches uint64
+	Elapsed time.Duration
+}
+
+// ErrIncomplete: the consumer did not see every acknowledged sample before
+// the run's context ended.
+var ErrIncomplete = errors.New("loadgen: run incomplete")
+
+// Run runs cfg's actors against srv, a started server built with
+// integrity.Example(cfg.Body) and a batch size of batch, consuming and
+// checking every batch. pause, if non-nil, is called after each batch with
+// the number of batches so far, and may sleep to play a slow learner. Run
+// returns once every actor is done and every acknowledged sample was
+// checked, or when ctx ends (with ErrIncomplete).
+func Run(ctx context.Context, srv *echo.Server, cfg Config, pause func(batches int)) (Result, error) {
+	if cfg.Stall == 0 {
+		cfg.Stall = 10 * time.Second
+	}
+	if cfg.MaxInflight == 0 {
+		cfg.MaxInflight = echo.DefaultMaxInflight
+	}
+	start := time.Now()
+	check := integrity.NewChecker(cfg.Body)
+	var res Result
+	consumed := make(chan error, 1)
+	fillersIn := make(chan struct{})
+	go func() { consumed <- consume(ctx, srv, check, fillersIn, pause, &res.Batches) }()
+
+	var (
+		ids   streams
+		count counters
+		wg    sync.WaitGroup
+		errMu sync.Mutex
+		first error
+	)
+	example := integrity.Example(cfg.Body)
+	hsLen := handshakeLen(example)
+	for i := range cfg.Actors {
+		a := &actor{
+			cfg: &cfg, rng: rand.New(rand.NewPCG(cfg.Seed, uint64(i))), check: check, ids: &ids,
+			count: &count, sample: integrity.NewSample(cfg.Body), example: example,
+			handshakeLen: hsLen,
+		}
+		wg.Go(func() {
+			if err := a.run(ctx); err != nil {
+				errMu.Lock()
+				first = cmp(first, err)
+				errMu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	// Every acknowledged sample is in the ring. Fill the open batch (and
+	// at most one more) with fillers: the batch that holds one holds or
+	// follows every sample committed before.
+	close(fillersIn)
+	filler := integrity.NewSample(cfg.Body)
+	for i := range srv.BatchSize() {
+		filler.Fill(integrity.Filler, uint64(i))
+		if err := srv.Submit(filler.Tree); err != nil {
+			return res, fmt.Errorf("loadgen: submitting fillers: %w", err)
+		}
+	}
+	err := <-consumed
+	res.Report = check.Report()
+	res.Actors = count.snapshot()
+	res.Elapsed = time.Since(start)
+	if first != nil {
+		return res, first
+	}
+	return res, err
+}
+
+func cmp(first, err error) error {
+	if first != nil {
+		return first
+	}
+	return err
+}
+
+// consume checks batches until it has seen a filler submitted after
+// fillersIn closed.
+func consume(ctx context.Context, srv *echo.Server, check *integrity.Checker, fillersIn <-chan struct{}, pause func(int), batches *uint64) error {
+	for {
+		smp, err := srv.Sample(ctx)
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrIncomplete, err)
+		}
+		*batches++
+		fillers := check.Batch(smp.Leaves)
+		if fillers > 0 {
+			select {
+			case <-fillersIn:
+				return nil
+			default:
+				return errors.New("loadgen: a filler arrived before the actors were done")
+			}
+		}
+		if pause != nil {
+			pause(int(*batches))
+		}
+	}
+}
