@@ -1,7 +1,9 @@
 package echo
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -35,6 +37,13 @@ var (
 	// is gone: the server closed it, the network failed, or Close was
 	// called.
 	ErrConnectionClosed = errors.New("echo: connection closed")
+	// ErrAuthRequired: the server asks actors to authenticate
+	// (WithSharedSecret) and the client has no secret (WithClientSecret).
+	ErrAuthRequired = errors.New("echo: server requires authentication")
+	// ErrAuth: authentication failed. The server closed the connection
+	// after the client's proof (the secrets differ), its own proof did not
+	// match, or it did not ask for one from a client with a secret.
+	ErrAuth = errors.New("echo: authentication failed")
 )
 
 // DefaultMaxInflight is the number of samples a Client may have sent and
@@ -47,6 +56,7 @@ type ClientOption func(*clientConfig)
 type clientConfig struct {
 	maxInflight int
 	limits      wire.Limits
+	secret      []byte // nil: the server must not ask
 }
 
 // WithMaxInflight bounds the samples sent and not yet acknowledged (default
@@ -56,6 +66,13 @@ func WithMaxInflight(n int) ClientOption { return func(c *clientConfig) { c.maxI
 // WithHandshakeLimits bounds what the client accepts in the server's
 // handshake (default wire.DefaultLimits).
 func WithHandshakeLimits(l wire.Limits) ClientOption { return func(c *clientConfig) { c.limits = l } }
+
+// WithClientSecret answers a server's WithSharedSecret challenge with
+// secret and checks the server's proof in turn. With a secret, Dial also
+// refuses a server that does not ask: it could be anyone's.
+func WithClientSecret(secret []byte) ClientOption {
+	return func(c *clientConfig) { c.secret = append([]byte{}, secret...) }
+}
 
 // Client is an actor's connection to a server, local or remote, echo's or
 // this package's. It sends samples shaped like its example; the server
@@ -150,7 +167,7 @@ func NewClient(ctx context.Context, conn net.Conn, example any, opts ...ClientOp
 func handshake(ctx context.Context, conn net.Conn, spec *pytree.Spec, want wire.Handshake, cfg clientConfig) (*Client, error) {
 	// ctx bounds the read: its end sets a deadline in the past.
 	stop := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Unix(1, 0)) })
-	got, err := wire.ReadHandshake(conn, cfg.limits)
+	got, err := readHandshake(conn, cfg)
 	if !stop() || ctx.Err() != nil {
 		return nil, fmt.Errorf("reading handshake: %w", context.Cause(ctx))
 	}
@@ -183,6 +200,47 @@ func handshake(ctx context.Context, conn net.Conn, spec *pytree.Spec, want wire.
 	c.writeFn = c.writev
 	go c.readAcks()
 	return c, nil
+}
+
+// readHandshake reads the server's handshake, authenticating first when
+// the server asks.
+func readHandshake(conn net.Conn, cfg clientConfig) (wire.Handshake, error) {
+	var first [wire.ChallengeLen]byte
+	n, err := io.ReadFull(conn, first[:len(wire.AuthMagic)])
+	if n < len(wire.AuthMagic) || string(first[:n]) != wire.AuthMagic {
+		if cfg.secret != nil && err == nil {
+			return wire.Handshake{}, fmt.Errorf("%w: the server did not ask for a proof", ErrAuth)
+		}
+		// Not a challenge: the bytes read open the handshake, or its
+		// errors.
+		return wire.ReadHandshake(io.MultiReader(bytes.NewReader(first[:n]), conn), cfg.limits)
+	}
+	if _, err := io.ReadFull(conn, first[n:]); err != nil {
+		return wire.Handshake{}, fmt.Errorf("reading the authentication challenge: %w", err)
+	}
+	nonce, err := wire.DecodeChallenge(first[:])
+	if err != nil {
+		return wire.Handshake{}, err
+	}
+	if cfg.secret == nil {
+		return wire.Handshake{}, ErrAuthRequired
+	}
+	var mine wire.Nonce
+	rand.Read(mine[:]) // never fails: crypto/rand crashes the program first
+	if _, err := conn.Write(wire.AppendResponse(nil, cfg.secret, &nonce, &mine)); err != nil {
+		return wire.Handshake{}, fmt.Errorf("sending the authentication response: %w", err)
+	}
+	var proof wire.Proof
+	if _, err := io.ReadFull(conn, proof[:]); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) {
+			return wire.Handshake{}, fmt.Errorf("%w: the server closed the connection after our proof (a different secret?)", ErrAuth)
+		}
+		return wire.Handshake{}, fmt.Errorf("reading the server's proof: %w", err)
+	}
+	if err := wire.VerifyServerProof(proof[:], cfg.secret, &nonce, &mine); err != nil {
+		return wire.Handshake{}, fmt.Errorf("%w: %w", ErrAuth, err)
+	}
+	return wire.ReadHandshake(conn, cfg.limits)
 }
 
 // specMismatch names the first leaf where the server's handshake differs

@@ -4,8 +4,10 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"time"
 
 	"github.com/seed-a9ef92a1/echo/tcp"
+	"github.com/seed-a9ef92a1/echo/wire"
 )
 
 // Defaults of the server options.
@@ -41,6 +43,9 @@ type config struct {
 	transports          []tcp.Transport
 	logger              *slog.Logger
 	maxConnections      int
+	maxPayload          int64
+	secret              []byte // nil: no authentication
+	authTimeout         time.Duration
 }
 
 func defaultConfig() config {
@@ -49,6 +54,7 @@ func defaultConfig() config {
 		numDrainers:         min(DefaultNumDrainers, runtime.GOMAXPROCS(0)),
 		producerQueueSize:   DefaultProducerQueueSize,
 		directProducerBytes: DefaultDirectProducerBytes,
+		maxPayload:          wire.DefaultLimits.MaxPayload,
 	}
 }
 
@@ -61,6 +67,15 @@ func (c config) validate() error {
 	}
 	if c.maxConnections < 0 {
 		return fmt.Errorf("%w: max connections %d, must be at least 0", ErrBadConfig, c.maxConnections)
+	}
+	if c.maxPayload < 1 {
+		return fmt.Errorf("%w: max payload %d bytes, must be at least 1", ErrBadConfig, c.maxPayload)
+	}
+	if c.secret != nil && len(c.secret) < wire.MinSecretLen {
+		return fmt.Errorf("%w: shared secret of %d bytes, must be at least %d", ErrBadConfig, len(c.secret), wire.MinSecretLen)
+	}
+	if c.authTimeout < 0 {
+		return fmt.Errorf("%w: auth timeout %v, must not be negative", ErrBadConfig, c.authTimeout)
 	}
 	if c.producerQueueSize < 1 {
 		return fmt.Errorf("%w: producer_queue_size %d, must be at least 1", ErrBadConfig, c.producerQueueSize)
@@ -100,7 +115,8 @@ func WithDetailedMetrics(on bool) Option { return func(c *config) { c.detailedMe
 // interface (IPv4 and IPv6), port 0 lets the kernel choose (see
 // Server.Addr). There is no default address: a server listens only where
 // told to. The protocol has no authentication, so on a shared network
-// listen on an interface only trusted actors can reach.
+// listen on an interface only trusted actors can reach, or require
+// WithSharedSecret.
 func WithTCP(addr string) Option { return WithTransport(tcp.TCP(addr, 0)) }
 
 // WithUnix makes Start listen on a Unix-domain stream socket at path, for
@@ -125,3 +141,27 @@ func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l }
 // before the handshake, so its client's Dial fails; each refusal is
 // counted in SampleInfo.RefusedConnections and logged at Warn.
 func WithMaxConnections(n int) Option { return func(c *config) { c.maxConnections = n } }
+
+// WithMaxPayloadBytes caps the size of one sample (default
+// wire.DefaultLimits.MaxPayload, 1 GiB): NewServer refuses an example whose
+// leaves add up to more, before it maps anything.
+func WithMaxPayloadBytes(n int64) Option { return func(c *config) { c.maxPayload = n } }
+
+// WithSharedSecret makes every connection prove that it holds secret (at
+// least wire.MinSecretLen bytes; random bytes, not a password) before it is
+// served, and proves the server holds it too; see package wire for the
+// exchange. The secret never crosses the wire. A connection that fails, or
+// does not answer within the auth timeout, is closed before it touches the
+// ring, counted in SampleInfo.AuthFailures and logged at Warn.
+//
+// Off by default, because echo's own clients (protocol version 1) cannot
+// answer the challenge: they stop with a bad-magic error. Go clients answer
+// with WithClientSecret. It authenticates peers, not the stream: on a
+// network an attacker can watch, tunnel the connections too.
+func WithSharedSecret(secret []byte) Option {
+	return func(c *config) { c.secret = append([]byte{}, secret...) }
+}
+
+// WithAuthTimeout sets how long a connection may take to authenticate
+// (default tcp.DefaultAuthTimeout, 5 s). Only with WithSharedSecret.
+func WithAuthTimeout(d time.Duration) Option { return func(c *config) { c.authTimeout = d } }

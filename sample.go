@@ -48,9 +48,13 @@ type SampleInfo struct {
 	StoreSize int
 	// ActiveConnections is the number of connected network producers.
 	ActiveConnections int
-	// RefusedConnections counts connections closed at accept because
-	// WithMaxConnections were open.
+	// RefusedConnections counts connections closed before they were
+	// served: at accept because WithMaxConnections were open, or in
+	// authentication (WithSharedSecret).
 	RefusedConnections uint64
+	// AuthFailures counts the connections refused in authentication: a
+	// wrong proof, no answer within the timeout, or leaving first.
+	AuthFailures uint64
 	// QueueDepthSum is the number of samples waiting in producer queues
 	// (and socket buffers), summed.
 	QueueDepthSum int

@@ -102,6 +102,10 @@ func NewServer(example any, batchSize int, opts ...Option) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadExample, err)
 	}
+	if int64(spec.PayloadBytes()) > cfg.maxPayload {
+		return nil, fmt.Errorf("%w: samples of %d bytes, more than the %d of WithMaxPayloadBytes",
+			ErrBadExample, spec.PayloadBytes(), cfg.maxPayload)
+	}
 	leafBytes := make([]int, spec.NumLeaves())
 	for j, l := range spec.Leaves() {
 		leafBytes[j] = l.NumBytes()
@@ -199,7 +203,10 @@ func (s *Server) Start() error {
 		}
 		listeners = append(listeners, l)
 	}
-	a, err := tcp.Serve(s.pool, listeners, s.cfg.logger, s.cfg.maxConnections)
+	a, err := tcp.Serve(s.pool, listeners, tcp.Config{
+		Logger: s.cfg.logger, MaxConns: s.cfg.maxConnections,
+		Secret: s.cfg.secret, AuthTimeout: s.cfg.authTimeout,
+	})
 	if err != nil {
 		return fmt.Errorf("echo: start: %w", err)
 	}
@@ -354,6 +361,7 @@ func (s *Server) info() SampleInfo {
 		StoreSize:            int(st.Stored),
 		ActiveConnections:    ps.Connections,
 		RefusedConnections:   s.refused(),
+		AuthFailures:         s.authFailures(),
 		QueueDepthSum:        ps.QueueDepthSum,
 		QueueDepthMax:        ps.QueueDepthMax,
 		PushBlockedCount:     s.pushBlocked.Load() + ps.PushBlocked,
@@ -376,6 +384,14 @@ func (s *Server) info() SampleInfo {
 func (s *Server) refused() uint64 {
 	if a := s.accepting.Load(); a != nil {
 		return a.Refused()
+	}
+	return 0
+}
+
+// authFailures returns the connections refused in authentication.
+func (s *Server) authFailures() uint64 {
+	if a := s.accepting.Load(); a != nil {
+		return a.AuthFailures()
 	}
 	return 0
 }

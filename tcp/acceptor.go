@@ -1,6 +1,7 @@
 package tcp
 
 import (
+	"crypto/rand"
 	"errors"
 	"log/slog"
 	"net"
@@ -13,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/seed-a9ef92a1/echo/ingress"
+	"github.com/seed-a9ef92a1/echo/wire"
 )
 
 // acceptPause is how long the acceptor waits after the process ran out of
@@ -21,19 +23,53 @@ import (
 // would spin.
 const acceptPause = 10 * time.Millisecond
 
+// Config configures an Acceptor.
+type Config struct {
+	// Logger gets a Warn record for each connection refused (nil: no
+	// logs).
+	Logger *slog.Logger
+	// MaxConns caps the connections open at once, served or
+	// authenticating (0: no cap).
+	MaxConns int
+	// Secret, when set, makes every connection authenticate with it (see
+	// package wire) before it is handed to the pool. At least
+	// wire.MinSecretLen bytes.
+	Secret []byte
+	// AuthTimeout is how long a connection may take to authenticate;
+	// 0 means DefaultAuthTimeout.
+	AuthTimeout time.Duration
+}
+
+// DefaultAuthTimeout is the time a peer has to answer the challenge: ample
+// for a round trip across the world, short for a connection that only
+// holds a descriptor.
+const DefaultAuthTimeout = 5 * time.Second
+
 // Acceptor accepts connections on a set of listeners and hands them to an
-// ingress pool. It runs one goroutine, parked in epoll_wait on the listeners
-// and an eventfd that Close writes.
+// ingress pool, after authenticating them when a secret is set. It runs one
+// goroutine, parked in epoll_wait on the listeners, the connections
+// authenticating and an eventfd that Close writes.
+//
+// An authenticating connection never reaches the pool: until its proof
+// checks out it is only a descriptor and 120 bytes here, and it touches no
+// ring slot.
 type Acceptor struct {
-	pool     *ingress.Pool
-	log      *slog.Logger // nil: no logs
-	maxConns int          // 0: no limit
-	// refused counts connections closed at once because maxConns were
-	// open. Written by the loop, read by anyone.
-	refused   atomic.Uint64
-	listeners []*Listener
-	epfd, efd int
-	done      chan struct{} // closed when the loop has exited
+	pool *ingress.Pool
+	cfg  Config
+	log  *slog.Logger // nil: no logs
+	// refused counts connections closed before they were served: over
+	// MaxConns, or failing authentication. authFailed counts the latter.
+	// Written by the loop, read by anyone.
+	refused    atomic.Uint64
+	authFailed atomic.Uint64
+	listeners  []*Listener
+	epfd, efd  int
+	done       chan struct{} // closed when the loop has exited
+
+	// Connections authenticating, loop only: by descriptor, and in the
+	// order of their deadlines (every one gets the same timeout).
+	authing map[int]*authConn
+	queue   []*authConn
 
 	closeOnce sync.Once
 	closeErr  error
@@ -42,11 +78,41 @@ type Acceptor struct {
 	err error // the first error the loop could not handle
 }
 
-// Serve starts accepting on listeners, logging refusals to log (nil: no
-// logs) and refusing connections while maxConns are open (0: no limit).
-// The Acceptor owns the listeners from now on, even when Serve fails.
-func Serve(pool *ingress.Pool, listeners []*Listener, log *slog.Logger, maxConns int) (*Acceptor, error) {
-	a := &Acceptor{pool: pool, log: log, maxConns: maxConns, listeners: listeners, epfd: -1, efd: -1, done: make(chan struct{})}
+// authConn is a connection in the middle of authenticating.
+type authConn struct {
+	fd       int
+	gated    bool
+	peer     string
+	deadline time.Time
+	nonce    wire.Nonce
+	resp     [wire.ResponseLen]byte
+	n        int  // bytes of resp read
+	gone     bool // authenticated or refused; still in queue
+}
+
+// authPad marks an authenticating connection's epoll events.
+const authPad = -1
+
+// Serve starts accepting on listeners. The Acceptor owns the listeners from
+// now on, even when Serve fails.
+func Serve(pool *ingress.Pool, listeners []*Listener, cfg Config) (*Acceptor, error) {
+	if cfg.Secret != nil {
+		if err := wire.CheckSecret(cfg.Secret); err != nil {
+			errs := []error{err}
+			for _, l := range listeners {
+				errs = append(errs, l.close())
+			}
+			return nil, errors.Join(errs...)
+		}
+		cfg.Secret = append([]byte(nil), cfg.Secret...)
+	}
+	if cfg.AuthTimeout <= 0 {
+		cfg.AuthTimeout = DefaultAuthTimeout
+	}
+	a := &Acceptor{
+		pool: pool, cfg: cfg, log: cfg.Logger, listeners: listeners, epfd: -1, efd: -1,
+		done: make(chan struct{}), authing: make(map[int]*authConn),
+	}
 	fail := func(err error) (*Acceptor, error) {
 		close(a.done)
 		return nil, errors.Join(err, a.closeFDs())
@@ -60,7 +126,8 @@ func Serve(pool *ingress.Pool, listeners []*Listener, log *slog.Logger, maxConns
 		a.efd = -1
 		return fail(os.NewSyscallError("eventfd", err))
 	}
-	// Pad carries the listener's index + 1; 0 is the eventfd.
+	// Pad carries the listener's index + 1; 0 is the eventfd, authPad an
+	// authenticating connection.
 	if err := unix.EpollCtl(a.epfd, unix.EPOLL_CTL_ADD, a.efd,
 		&unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(a.efd)}); err != nil {
 		return fail(os.NewSyscallError("epoll_ctl add", err))
@@ -77,9 +144,9 @@ func Serve(pool *ingress.Pool, listeners []*Listener, log *slog.Logger, maxConns
 
 func (a *Acceptor) run() {
 	defer close(a.done)
-	events := make([]unix.EpollEvent, len(a.listeners)+1)
+	events := make([]unix.EpollEvent, 256)
 	for {
-		n, err := unix.EpollWait(a.epfd, events, -1)
+		n, err := unix.EpollWait(a.epfd, events, a.timeout())
 		if err == unix.EINTR {
 			continue
 		}
@@ -91,11 +158,43 @@ func (a *Acceptor) run() {
 			continue
 		}
 		for _, ev := range events[:n] {
-			if ev.Pad == 0 {
+			switch {
+			case ev.Pad == 0:
 				return // Close
+			case ev.Pad == authPad:
+				if c := a.authing[int(ev.Fd)]; c != nil {
+					a.authRead(c)
+				}
+			default:
+				a.acceptAll(a.listeners[ev.Pad-1])
 			}
-			a.acceptAll(a.listeners[ev.Pad-1])
 		}
+		a.expire(time.Now())
+	}
+}
+
+// timeout is epoll_wait's timeout: until the first authentication deadline,
+// or forever.
+func (a *Acceptor) timeout() int {
+	for len(a.queue) > 0 && a.queue[0].gone {
+		a.queue[0] = nil
+		a.queue = a.queue[1:]
+	}
+	if len(a.queue) == 0 {
+		return -1
+	}
+	d := time.Until(a.queue[0].deadline)
+	return int(max(0, (d+time.Millisecond-1)/time.Millisecond))
+}
+
+// expire refuses the connections whose time to authenticate is over.
+func (a *Acceptor) expire(now time.Time) {
+	for len(a.queue) > 0 && (a.queue[0].gone || !now.Before(a.queue[0].deadline)) {
+		if c := a.queue[0]; !c.gone {
+			a.refuseAuth(c, "authentication timed out", "after", a.cfg.AuthTimeout)
+		}
+		a.queue[0] = nil
+		a.queue = a.queue[1:]
 	}
 }
 
@@ -122,7 +221,7 @@ func (a *Acceptor) acceptAll(l *Listener) {
 			return
 		}
 		peer := peerName(fd)
-		if a.maxConns > 0 && a.pool.ActiveConnections() >= a.maxConns {
+		if a.cfg.MaxConns > 0 && a.pool.ActiveConnections()+len(a.authing) >= a.cfg.MaxConns {
 			// Counted first, so that a peer that sees the close sees
 			// the count too. Closed before the handshake: the peer's
 			// connect succeeds, its read of the handshake meets the end
@@ -130,7 +229,7 @@ func (a *Acceptor) acceptAll(l *Listener) {
 			a.refused.Add(1)
 			unix.Close(fd)
 			if a.log != nil {
-				a.log.Warn("echo: connection refused", "peer", peer, "reason", "max connections", "max", a.maxConns)
+				a.log.Warn("echo: connection refused", "peer", peer, "reason", "max connections", "max", a.cfg.MaxConns)
 			}
 			continue
 		}
@@ -142,11 +241,118 @@ func (a *Acceptor) acceptAll(l *Listener) {
 			}
 			continue
 		}
+		if a.cfg.Secret != nil {
+			a.challenge(fd, gated, peer)
+			continue
+		}
 		if err := a.pool.AddConn(fd, gated, peer); errors.Is(err, ingress.ErrClosed) {
 			return // AddConn closed fd
 		}
 		// Any other error is this peer's alone (it left before its
 		// handshake); AddConn closed its fd.
+	}
+}
+
+// challenge sends a new connection its challenge and waits for the answer.
+func (a *Acceptor) challenge(fd int, gated bool, peer string) {
+	c := &authConn{fd: fd, gated: gated, peer: peer, deadline: time.Now().Add(a.cfg.AuthTimeout)}
+	rand.Read(c.nonce[:]) // never fails: crypto/rand crashes the program first
+	msg := wire.AppendChallenge(make([]byte, 0, wire.ChallengeLen), &c.nonce)
+	// A new socket's send buffer is empty: the challenge goes whole, or the
+	// peer is gone.
+	if n, err := writeSome(fd, msg); err != nil || n < len(msg) {
+		unix.Close(fd)
+		a.refused.Add(1)
+		a.authFailed.Add(1)
+		if a.log != nil {
+			a.log.Warn("echo: connection refused", "peer", peer, "reason", "left before its challenge", "err", err)
+		}
+		return
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(fd), Pad: authPad}
+	if err := unix.EpollCtl(a.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		unix.Close(fd)
+		a.fail(os.NewSyscallError("epoll_ctl add", err))
+		return
+	}
+	a.authing[fd] = c
+	a.queue = append(a.queue, c)
+}
+
+// authRead reads what c's peer sent of its response and, once it is
+// whole, checks it: on success c goes to the pool with the server's proof
+// sent, otherwise it is closed. Bytes after the response stay in the
+// socket for the pool.
+func (a *Acceptor) authRead(c *authConn) {
+	n, err := unix.Read(c.fd, c.resp[c.n:])
+	switch {
+	case err == unix.EAGAIN || err == unix.EINTR:
+		return
+	case err != nil:
+		a.refuseAuth(c, "read failed", "err", os.NewSyscallError("read", err))
+		return
+	case n == 0:
+		a.refuseAuth(c, "left during authentication", "bytes", c.n)
+		return
+	}
+	c.n += n
+	if c.n < wire.ResponseLen {
+		return
+	}
+	client, err := wire.VerifyResponse(c.resp[:], a.cfg.Secret, &c.nonce)
+	if err != nil {
+		a.refuseAuth(c, "authentication failed")
+		return
+	}
+	a.forget(c)
+	proof := wire.ServerProof(a.cfg.Secret, &c.nonce, &client)
+	if n, err := writeSome(c.fd, proof[:]); err != nil || n < len(proof) {
+		unix.Close(c.fd)
+		if a.log != nil {
+			a.log.Debug("echo: connection left after authenticating", "peer", c.peer, "err", err)
+		}
+		return
+	}
+	if err := a.pool.AddConn(c.fd, c.gated, c.peer); err != nil && !errors.Is(err, ingress.ErrClosed) {
+		return // the peer left before its handshake; AddConn closed fd
+	}
+}
+
+// forget takes c out of the epoll set and the map; the queue drops it
+// lazily.
+func (a *Acceptor) forget(c *authConn) {
+	c.gone = true
+	delete(a.authing, c.fd)
+	if err := unix.EpollCtl(a.epfd, unix.EPOLL_CTL_DEL, c.fd, nil); err != nil {
+		a.fail(os.NewSyscallError("epoll_ctl del", err))
+	}
+}
+
+// refuseAuth closes c, counts it and logs why.
+func (a *Acceptor) refuseAuth(c *authConn, reason string, attrs ...any) {
+	a.forget(c)
+	unix.Close(c.fd)
+	a.refused.Add(1)
+	a.authFailed.Add(1)
+	if a.log != nil {
+		a.log.Warn("echo: connection refused", append([]any{"peer", c.peer, "reason", reason}, attrs...)...)
+	}
+}
+
+// writeSome writes what the socket takes of b now.
+func writeSome(fd int, b []byte) (int, error) {
+	for {
+		n, err := unix.Write(fd, b)
+		switch err {
+		case nil:
+			return n, nil
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return 0, nil
+		default:
+			return 0, os.NewSyscallError("write", err)
+		}
 	}
 }
 
@@ -170,6 +376,13 @@ func (a *Acceptor) Close() error {
 			a.closeErr = os.NewSyscallError("eventfd write", err)
 		} else {
 			<-a.done
+			// The loop is gone: the connections still authenticating
+			// are ours to close.
+			for fd := range a.authing {
+				unix.Close(fd)
+			}
+			clear(a.authing)
+			a.queue = nil
 		}
 		a.closeErr = errors.Join(a.closeErr, a.closeFDs())
 		a.mu.Lock()
@@ -213,5 +426,10 @@ func peerName(fd int) string {
 	return "unknown"
 }
 
-// Refused returns the number of connections refused for MaxConnections.
+// Refused returns the number of connections closed before they were
+// served: over MaxConns, or failing authentication.
 func (a *Acceptor) Refused() uint64 { return a.refused.Load() }
+
+// AuthFailures returns the number of connections refused because they did
+// not authenticate: a wrong proof, no answer in time, or leaving first.
+func (a *Acceptor) AuthFailures() uint64 { return a.authFailed.Load() }
