@@ -124,9 +124,16 @@ type Report struct {
 	// Reordered counts samples delivered after a later one of their stream,
 	// or after a gap in it.
 	Reordered uint64
-	// Corrupted counts samples whose hash does not match their bytes, or
-	// whose stream no actor reported.
+	// Corrupted counts samples of a reported stream whose hash does not
+	// match their bytes, and samples with a matching hash of a stream no
+	// actor reported.
 	Corrupted uint64
+	// Foreign counts samples that are not integrity samples at all: their
+	// hash does not match and their stream id is none an actor reported.
+	// They are what a hostile peer's bytes become: the protocol has no
+	// framing to tell them apart, so the server delivers them as that
+	// peer's samples. Only a run with hostile peers has any.
+	Foreign uint64
 	// Phantom counts samples delivered that their actor never wholly sent:
 	// a partial sample committed, or bytes invented.
 	Phantom uint64
@@ -141,8 +148,8 @@ func (r Report) OK() bool {
 }
 
 func (r Report) String() string {
-	return fmt.Sprintf("streams %d, sent %d, acked %d, delivered %d, lost %d, duplicated %d, reordered %d, corrupted %d, phantom %d",
-		r.Streams, r.Sent, r.Acked, r.Delivered, r.Lost, r.Duplicated, r.Reordered, r.Corrupted, r.Phantom)
+	return fmt.Sprintf("streams %d, sent %d, acked %d, delivered %d, lost %d, duplicated %d, reordered %d, corrupted %d, phantom %d, foreign %d",
+		r.Streams, r.Sent, r.Acked, r.Delivered, r.Lost, r.Duplicated, r.Reordered, r.Corrupted, r.Phantom, r.Foreign)
 }
 
 // stream is what the Checker knows of one stream.
@@ -162,8 +169,8 @@ type Checker struct {
 
 	mu      sync.Mutex
 	streams map[uint64]*stream
-	r       Report // Duplicated, Reordered, Corrupted, Fillers so far
-	fillers uint64
+	bad     map[uint64]uint64 // samples whose hash failed, by the id they bear
+	r       Report            // Duplicated, Reordered, Fillers so far
 }
 
 // NewChecker returns a Checker for integrity samples with an n-byte body.
@@ -172,7 +179,7 @@ func NewChecker(n int) *Checker {
 	if err != nil {
 		panic(err)
 	}
-	c := &Checker{n: n, body: -1, stamp: -1, streams: make(map[uint64]*stream)}
+	c := &Checker{n: n, body: -1, stamp: -1, streams: make(map[uint64]*stream), bad: make(map[uint64]uint64)}
 	for i, l := range spec.Leaves() {
 		switch l.Path {
 		case "body":
@@ -199,7 +206,7 @@ func (c *Checker) Batch(leaves []pytree.Array) (fillers int) {
 		seq := binary.LittleEndian.Uint64(st[8:])
 		sum := binary.LittleEndian.Uint64(st[16:])
 		if metro.Hash64(bodies[i*c.n:(i+1)*c.n], seed(id, seq)) != sum {
-			c.r.Corrupted++
+			c.bad[id]++ // Corrupted or Foreign: Report knows which
 			continue
 		}
 		if id == Filler {
@@ -247,6 +254,13 @@ func (c *Checker) Report() Report {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	r := c.r
+	for id, n := range c.bad {
+		if s := c.streams[id]; (s != nil && s.reported) || id == Filler {
+			r.Corrupted += n
+		} else {
+			r.Foreign += n
+		}
+	}
 	for _, s := range c.streams {
 		r.Delivered += s.delivered
 		if !s.reported {

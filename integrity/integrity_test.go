@@ -54,6 +54,8 @@ func TestFaultsShow(t *testing.T) {
 	flipped[3] ^= 0x10
 	renumbered := stamped(1, 1)
 	renumbered[body+8] = 0 // sequence 1 claims to be 0: the hash no longer fits
+	corruptFiller := stamped(Filler, 3)
+	corruptFiller[0] ^= 1
 	spliced := append(append([]byte(nil), stamped(1, 1)[:body/2]...), stamped(1, 2)[body/2:]...)
 	for _, tc := range []struct {
 		name  string
@@ -71,6 +73,7 @@ func TestFaultsShow(t *testing.T) {
 		{"spliced", [][]byte{stamped(1, 0), spliced}, 3, 1, func(r Report) bool { return r.Corrupted == 1 }},
 		{"phantom", [][]byte{stamped(1, 0), stamped(1, 1)}, 1, 1, func(r Report) bool { return r.Phantom == 1 }},
 		{"unknown stream", [][]byte{stamped(9, 0)}, 0, 0, func(r Report) bool { return r.Corrupted == 1 }},
+		{"corrupted filler", [][]byte{corruptFiller}, 0, 0, func(r Report) bool { return r.Corrupted == 1 }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := NewChecker(body)
@@ -96,5 +99,21 @@ func TestSamplesDiffer(t *testing.T) {
 	a, b := stamped(1, 0), stamped(1, 1)
 	if string(a[:body]) == string(b[:body]) {
 		t.Fatal("two samples of a stream have the same body")
+	}
+}
+
+// Bytes that are no integrity sample, from a stream nobody reported, are
+// foreign: counted apart, and not a fault of the honest streams.
+func TestForeignBytes(t *testing.T) {
+	c := NewChecker(body)
+	junk := make([]byte, body+StampBytes)
+	for i := range junk {
+		junk[i] = byte(i * 7)
+	}
+	c.Batch(batch(t, stamped(1, 0), junk, stamped(1, 1)))
+	c.Sent(1, 2, 2)
+	r := c.Report()
+	if !r.OK() || r.Foreign != 1 || r.Delivered != 2 {
+		t.Fatalf("report %+v", r)
 	}
 }

@@ -45,6 +45,8 @@ type Config struct {
 	// random sample boundary; faults inside samples come from the network
 	// (a proxy between client and server).
 	Client bool
+	// Secret is the server's shared secret, for Client actors.
+	Secret []byte
 	// MaxInflight is the number of unacknowledged samples a connection may
 	// have; 0 means echo.DefaultMaxInflight.
 	MaxInflight int
@@ -56,6 +58,10 @@ type Config struct {
 	Seed uint64
 	// Dial connects one actor to the server.
 	Dial func(ctx context.Context) (net.Conn, error)
+	// During, if set, runs once every actor has connected once (or
+	// given up), alongside the rest of the run; the run ends after it
+	// returns. Hostile scenarios attack from here.
+	During func(ctx context.Context, check *integrity.Checker) error
 }
 
 // Kill kinds: where a killed connection was cut.
@@ -111,6 +117,8 @@ type actor struct {
 	example any
 	// handshakeLen is the size of the server's handshake.
 	handshakeLen int
+	// connected is called after the first connection, and at the end.
+	connected func()
 }
 
 // run sends the actor's samples.
@@ -133,6 +141,7 @@ func (a *actor) run(ctx context.Context) error {
 		}
 		backoff = time.Millisecond
 		a.count.conns.Add(1)
+		a.connected()
 		var sent int
 		if a.cfg.Client {
 			sent = a.viaClient(ctx, conn, left)
@@ -296,8 +305,13 @@ func (s *rawStream) waitWindow(ctx context.Context, sent int) error {
 // reached the server whole.
 func (a *actor) viaClient(ctx context.Context, conn net.Conn, left int) int {
 	id := a.ids.new()
-	c, err := echo.NewClient(ctx, conn, a.example, echo.WithMaxInflight(a.cfg.MaxInflight))
+	opts := []echo.ClientOption{echo.WithMaxInflight(a.cfg.MaxInflight)}
+	if a.cfg.Secret != nil {
+		opts = append(opts, echo.WithClientSecret(a.cfg.Secret))
+	}
+	c, err := echo.NewClient(ctx, conn, a.example, opts...)
 	if err != nil {
+		conn.Close()
 		a.count.failed.Add(1)
 		a.check.Sent(id, 0, 0)
 		return 0
@@ -354,7 +368,13 @@ type Result struct {
 	Actors
 	Batches uint64
 	Elapsed time.Duration
+	// Info is the server's SampleInfo with the last batch, taken after
+	// every actor and attacker was done.
+	Info echo.SampleInfo
 }
+
+// Rate is the samples sent per second.
+func (r Result) Rate() float64 { return float64(r.Sent) / r.Elapsed.Seconds() }
 
 // ErrIncomplete: the consumer did not see every acknowledged sample before
 // the run's context ended.
@@ -377,8 +397,12 @@ func Run(ctx context.Context, srv *echo.Server, cfg Config, pause func(batches i
 	check := integrity.NewChecker(cfg.Body)
 	var res Result
 	consumed := make(chan error, 1)
-	fillersIn := make(chan struct{})
-	go func() { consumed <- consume(ctx, srv, check, fillersIn, pause, &res.Batches) }()
+	fillersIn, sawFiller := make(chan struct{}), make(chan struct{})
+	cctx, stopConsumer := context.WithCancel(ctx)
+	defer stopConsumer()
+	go func() {
+		consumed <- consume(cctx, srv, check, fillersIn, sawFiller, pause, &res.Batches, &res.Info)
+	}()
 
 	var (
 		ids   streams
@@ -389,13 +413,18 @@ func Run(ctx context.Context, srv *echo.Server, cfg Config, pause func(batches i
 	)
 	example := integrity.Example(cfg.Body)
 	hsLen := handshakeLen(example)
+	var connected sync.WaitGroup
+	connected.Add(cfg.Actors)
 	for i := range cfg.Actors {
+		var once sync.Once
 		a := &actor{
+			connected: func() { once.Do(connected.Done) },
 			cfg: &cfg, rng: rand.New(rand.NewPCG(cfg.Seed, uint64(i))), check: check, ids: &ids,
 			count: &count, sample: integrity.NewSample(cfg.Body), example: example,
 			handshakeLen: hsLen,
 		}
 		wg.Go(func() {
+			defer a.connected()
 			if err := a.run(ctx); err != nil {
 				errMu.Lock()
 				first = cmp(first, err)
@@ -403,19 +432,40 @@ func Run(ctx context.Context, srv *echo.Server, cfg Config, pause func(batches i
 			}
 		})
 	}
+	if cfg.During != nil {
+		wg.Go(func() {
+			connected.Wait()
+			if err := cfg.During(ctx, check); err != nil {
+				errMu.Lock()
+				first = cmp(first, fmt.Errorf("loadgen: during the run: %w", err))
+				errMu.Unlock()
+			}
+		})
+	}
 	wg.Wait()
 	// Every acknowledged sample is in the ring. Fill the open batch (and
 	// at most one more) with fillers: the batch that holds one holds or
-	// follows every sample committed before.
+	// follows every sample committed before. The consumer goes on taking
+	// batches meanwhile: samples of connections that were still being
+	// read may fill the ring ahead of the fillers.
 	close(fillersIn)
 	filler := integrity.NewSample(cfg.Body)
+	var err error
 	for i := range srv.BatchSize() {
 		filler.Fill(integrity.Filler, uint64(i))
-		if err := srv.Submit(filler.Tree); err != nil {
-			return res, fmt.Errorf("loadgen: submitting fillers: %w", err)
+		if err = srv.Submit(filler.Tree); err != nil {
+			err = fmt.Errorf("loadgen: submitting fillers: %w", err)
+			break
 		}
 	}
-	err := <-consumed
+	if err == nil {
+		select {
+		case <-sawFiller:
+		case <-ctx.Done():
+		}
+	}
+	stopConsumer()
+	err = cmp(err, <-consumed)
 	res.Report = check.Report()
 	res.Actors = count.snapshot()
 	res.Elapsed = time.Since(start)
@@ -432,20 +482,26 @@ func cmp(first, err error) error {
 	return err
 }
 
-// consume checks batches until it has seen a filler submitted after
-// fillersIn closed.
-func consume(ctx context.Context, srv *echo.Server, check *integrity.Checker, fillersIn <-chan struct{}, pause func(int), batches *uint64) error {
+// consume checks batches until ctx ends. It closes sawFiller at the first
+// batch with a filler, submitted after fillersIn closed; ctx ending after
+// that is a success.
+func consume(ctx context.Context, srv *echo.Server, check *integrity.Checker, fillersIn <-chan struct{}, sawFiller chan<- struct{}, pause func(int), batches *uint64, info *echo.SampleInfo) error {
+	saw := false
 	for {
 		smp, err := srv.Sample(ctx)
 		if err != nil {
+			if saw && ctx.Err() != nil {
+				return nil
+			}
 			return fmt.Errorf("%w: %w", ErrIncomplete, err)
 		}
 		*batches++
-		fillers := check.Batch(smp.Leaves)
-		if fillers > 0 {
+		*info = smp.Info
+		if check.Batch(smp.Leaves) > 0 && !saw {
 			select {
 			case <-fillersIn:
-				return nil
+				saw = true
+				close(sawFiller)
 			default:
 				return errors.New("loadgen: a filler arrived before the actors were done")
 			}

@@ -81,7 +81,7 @@ type Acceptor struct {
 // authConn is a connection in the middle of authenticating.
 type authConn struct {
 	fd       int
-	gated    bool
+	l        *Listener // accepted it
 	peer     string
 	deadline time.Time
 	nonce    wire.Nonce
@@ -233,19 +233,13 @@ func (a *Acceptor) acceptAll(l *Listener) {
 			}
 			continue
 		}
-		gated, err := l.prepare(fd, a.pool.Payload())
-		if err != nil {
-			unix.Close(fd) // the peer sees the connection close
-			if a.log != nil {
-				a.log.Warn("echo: connection refused", "peer", peer, "reason", err)
-			}
-			continue
-		}
 		if a.cfg.Secret != nil {
-			a.challenge(fd, gated, peer)
+			// Prepared once authenticated: SO_RCVLOWAT at a sample's
+			// size would hide a response shorter than one.
+			a.challenge(fd, l, peer)
 			continue
 		}
-		if err := a.pool.AddConn(fd, gated, peer); errors.Is(err, ingress.ErrClosed) {
+		if err := a.serve(fd, l, peer); errors.Is(err, ingress.ErrClosed) {
 			return // AddConn closed fd
 		}
 		// Any other error is this peer's alone (it left before its
@@ -253,9 +247,23 @@ func (a *Acceptor) acceptAll(l *Listener) {
 	}
 }
 
+// serve prepares fd for its listener and hands it to the pool. Errors are
+// the connection's own and closed it, except ingress.ErrClosed.
+func (a *Acceptor) serve(fd int, l *Listener, peer string) error {
+	gated, err := l.prepare(fd, a.pool.Payload())
+	if err != nil {
+		unix.Close(fd) // the peer sees the connection close
+		if a.log != nil {
+			a.log.Warn("echo: connection refused", "peer", peer, "reason", err)
+		}
+		return err
+	}
+	return a.pool.AddConn(fd, gated, peer)
+}
+
 // challenge sends a new connection its challenge and waits for the answer.
-func (a *Acceptor) challenge(fd int, gated bool, peer string) {
-	c := &authConn{fd: fd, gated: gated, peer: peer, deadline: time.Now().Add(a.cfg.AuthTimeout)}
+func (a *Acceptor) challenge(fd int, l *Listener, peer string) {
+	c := &authConn{fd: fd, l: l, peer: peer, deadline: time.Now().Add(a.cfg.AuthTimeout)}
 	rand.Read(c.nonce[:]) // never fails: crypto/rand crashes the program first
 	msg := wire.AppendChallenge(make([]byte, 0, wire.ChallengeLen), &c.nonce)
 	// A new socket's send buffer is empty: the challenge goes whole, or the
@@ -313,9 +321,9 @@ func (a *Acceptor) authRead(c *authConn) {
 		}
 		return
 	}
-	if err := a.pool.AddConn(c.fd, c.gated, c.peer); err != nil && !errors.Is(err, ingress.ErrClosed) {
-		return // the peer left before its handshake; AddConn closed fd
-	}
+	// Errors closed the connection; the pool's closing is Close's to
+	// report.
+	a.serve(c.fd, c.l, c.peer)
 }
 
 // forget takes c out of the epoll set and the map; the queue drops it
