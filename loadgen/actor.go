@@ -419,7 +419,7 @@ func Run(ctx context.Context, srv *echo.Server, cfg Config, pause func(batches i
 		var once sync.Once
 		a := &actor{
 			connected: func() { once.Do(connected.Done) },
-			cfg: &cfg, rng: rand.New(rand.NewPCG(cfg.Seed, uint64(i))), check: check, ids: &ids,
+			cfg:       &cfg, rng: rand.New(rand.NewPCG(cfg.Seed, uint64(i))), check: check, ids: &ids,
 			count: &count, sample: integrity.NewSample(cfg.Body), example: example,
 			handshakeLen: hsLen,
 		}

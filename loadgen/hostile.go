@@ -83,15 +83,15 @@ type Target struct {
 
 // Outcomes, as the attacker sees them.
 const (
-	OutAckedWhole    = "acked exactly its whole samples, partial tail dropped"
-	OutHeld          = "held open, harmless, until it left"
-	OutClosedEarly   = "closed by the server (unexpected)"
-	OutServedUnread  = "served in full, its unread acks owed as a count"
-	OutRefused       = "refused at accept, before the handshake"
-	OutServed        = "served"
-	OutAuthClosed    = "closed after its answer, nothing acked"
-	OutAuthTimeout   = "closed at the authentication timeout"
-	OutError         = "dial or read error"
+	OutAckedWhole   = "acked exactly its whole samples, partial tail dropped"
+	OutHeld         = "held open, harmless, until it left"
+	OutClosedEarly  = "closed by the server (unexpected)"
+	OutServedUnread = "served in full, its unread acks owed as a count"
+	OutRefused      = "refused at accept, before the handshake"
+	OutServed       = "served"
+	OutAuthClosed   = "closed after its answer, nothing acked"
+	OutAuthTimeout  = "closed at the authentication timeout"
+	OutError        = "dial or read error"
 )
 
 // handshake reads the server's opening bytes: the challenge when it has a

@@ -22,8 +22,8 @@ type refusals struct {
 }
 
 func (r *refusals) Enabled(context.Context, slog.Level) bool { return true }
-func (r *refusals) WithAttrs([]slog.Attr) slog.Handler        { return r }
-func (r *refusals) WithGroup(string) slog.Handler             { return r }
+func (r *refusals) WithAttrs([]slog.Attr) slog.Handler       { return r }
+func (r *refusals) WithGroup(string) slog.Handler            { return r }
 func (r *refusals) Handle(_ context.Context, rec slog.Record) error {
 	if rec.Level < slog.LevelWarn || rec.Message != "echo: connection refused" {
 		return nil
