@@ -21,6 +21,8 @@ package integrity
 import (
 	"encoding/binary"
 	"fmt"
+	"math"
+	"math/rand/v2"
 	"sync"
 
 	metro "github.com/dgryski/go-metro"
@@ -36,6 +38,11 @@ const StampBytes = 3 * 8
 // actor is done, to complete the last batch. The Checker checks their hash
 // and otherwise only notes that one arrived.
 const Filler = 0
+
+// Stream ids and filler sequence numbers carry their checker's epoch, a
+// random number, in their high 32 bits, so that a server reused from run
+// to run cannot pass off one run's leftovers (samples committed after the
+// run's last batch) as the next run's.
 
 // Example returns an integrity sample tree with a body of n bytes, for
 // building a server or dialling one.
@@ -139,6 +146,9 @@ type Report struct {
 	Phantom uint64
 	// Fillers counts filler samples delivered.
 	Fillers uint64
+	// Stale counts intact samples of an earlier checker's run, left in
+	// the server's ring: not a fault of this run.
+	Stale uint64
 }
 
 // OK reports whether nothing was lost, duplicated, reordered, corrupted or
@@ -166,6 +176,7 @@ type stream struct {
 type Checker struct {
 	body, stamp int // leaf indices in flatten order
 	n           int // body bytes
+	epoch       uint64
 
 	mu      sync.Mutex
 	streams map[uint64]*stream
@@ -179,7 +190,10 @@ func NewChecker(n int) *Checker {
 	if err != nil {
 		panic(err)
 	}
-	c := &Checker{n: n, body: -1, stamp: -1, streams: make(map[uint64]*stream), bad: make(map[uint64]uint64)}
+	c := &Checker{
+		n: n, body: -1, stamp: -1, epoch: uint64(1 + rand.Uint32N(math.MaxUint32)),
+		streams: make(map[uint64]*stream), bad: make(map[uint64]uint64),
+	}
 	for i, l := range spec.Leaves() {
 		switch l.Path {
 		case "body":
@@ -194,8 +208,15 @@ func NewChecker(n int) *Checker {
 	return c
 }
 
+// StreamID returns the id of this checker's stream number n.
+func (c *Checker) StreamID(n uint32) uint64 { return c.epoch<<32 | uint64(n) }
+
+// FillerSeq returns the sequence number of this checker's filler number i.
+func (c *Checker) FillerSeq(i uint32) uint64 { return c.epoch<<32 | uint64(i) }
+
 // Batch checks one batch, given as its leaves in flatten order (a
-// Sample's Leaves). It returns the number of filler samples in it.
+// Sample's Leaves). It returns the number of this checker's filler samples
+// in it.
 func (c *Checker) Batch(leaves []pytree.Array) (fillers int) {
 	bodies, stamps := leaves[c.body].Bytes(), leaves[c.stamp].Bytes()
 	c.mu.Lock()
@@ -210,8 +231,16 @@ func (c *Checker) Batch(leaves []pytree.Array) (fillers int) {
 			continue
 		}
 		if id == Filler {
-			fillers++
-			c.r.Fillers++
+			if seq>>32 == c.epoch {
+				fillers++
+				c.r.Fillers++
+			} else {
+				c.r.Stale++
+			}
+			continue
+		}
+		if id>>32 != c.epoch {
+			c.r.Stale++
 			continue
 		}
 		s := c.streams[id]

@@ -28,15 +28,24 @@ func batch(t *testing.T, payloads ...[]byte) []pytree.Array {
 	return []pytree.Array{b, s} // flatten order: "body" < "stamp"
 }
 
-// stamped returns the payload of sample seq of stream id.
+// stamped returns the payload of sample seq of stream id (of the checker
+// the test uses: ids are checker-relative).
 func stamped(id, seq uint64) []byte {
 	s := NewSample(body)
 	s.Fill(id, seq)
 	return s.Payload
 }
 
-func TestCleanStream(t *testing.T) {
+// newChecker returns a checker whose epoch is 0, so that small ids are its
+// streams' ids.
+func newChecker() *Checker {
 	c := NewChecker(body)
+	c.epoch = 0
+	return c
+}
+
+func TestCleanStream(t *testing.T) {
+	c := newChecker()
 	c.Batch(batch(t, stamped(1, 0), stamped(2, 0), stamped(1, 1)))
 	c.Batch(batch(t, stamped(2, 1), stamped(1, 2), stamped(Filler, 0)))
 	c.Sent(1, 3, 3)
@@ -76,7 +85,7 @@ func TestFaultsShow(t *testing.T) {
 		{"corrupted filler", [][]byte{corruptFiller}, 0, 0, func(r Report) bool { return r.Corrupted == 1 }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := NewChecker(body)
+			c := newChecker()
 			c.Batch(batch(t, tc.got...))
 			c.Sent(1, tc.sent, tc.acked)
 			r := c.Report()
@@ -105,7 +114,7 @@ func TestSamplesDiffer(t *testing.T) {
 // Bytes that are no integrity sample, from a stream nobody reported, are
 // foreign: counted apart, and not a fault of the honest streams.
 func TestForeignBytes(t *testing.T) {
-	c := NewChecker(body)
+	c := newChecker()
 	junk := make([]byte, body+StampBytes)
 	for i := range junk {
 		junk[i] = byte(i * 7)
@@ -114,6 +123,22 @@ func TestForeignBytes(t *testing.T) {
 	c.Sent(1, 2, 2)
 	r := c.Report()
 	if !r.OK() || r.Foreign != 1 || r.Delivered != 2 {
+		t.Fatalf("report %+v", r)
+	}
+}
+
+// A second checker on the same server ignores the first one's leftovers.
+func TestStaleSamples(t *testing.T) {
+	first, second := NewChecker(body), NewChecker(body)
+	for first.epoch == second.epoch {
+		second = NewChecker(body)
+	}
+	c := second
+	c.Batch(batch(t, stamped(first.StreamID(1), 7), stamped(Filler, first.FillerSeq(2)),
+		stamped(c.StreamID(1), 0), stamped(Filler, c.FillerSeq(0))))
+	c.Sent(c.StreamID(1), 1, 1)
+	r := c.Report()
+	if !r.OK() || r.Stale != 2 || r.Delivered != 1 || r.Fillers != 1 {
 		t.Fatalf("report %+v", r)
 	}
 }

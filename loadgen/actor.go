@@ -100,10 +100,13 @@ func (c *counters) snapshot() Actors {
 	return a
 }
 
-// streams hands out stream ids; integrity.Filler (0) is never one.
-type streams struct{ next atomic.Uint64 }
+// streams hands out the checker's stream ids, from 1 up.
+type streams struct {
+	check *integrity.Checker
+	next  atomic.Uint32
+}
 
-func (s *streams) new() uint64 { return s.next.Add(1) }
+func (s *streams) new() uint64 { return s.check.StreamID(s.next.Add(1)) }
 
 // actor is one actor: it sends its samples over connection after
 // connection until all are sent.
@@ -404,8 +407,8 @@ func Run(ctx context.Context, srv *echo.Server, cfg Config, pause func(batches i
 		consumed <- consume(cctx, srv, check, fillersIn, sawFiller, pause, &res.Batches, &res.Info)
 	}()
 
+	ids := streams{check: check}
 	var (
-		ids   streams
 		count counters
 		wg    sync.WaitGroup
 		errMu sync.Mutex
@@ -418,10 +421,15 @@ func Run(ctx context.Context, srv *echo.Server, cfg Config, pause func(batches i
 	for i := range cfg.Actors {
 		var once sync.Once
 		a := &actor{
-			connected: func() { once.Do(connected.Done) },
-			cfg:       &cfg, rng: rand.New(rand.NewPCG(cfg.Seed, uint64(i))), check: check, ids: &ids,
-			count: &count, sample: integrity.NewSample(cfg.Body), example: example,
+			cfg:          &cfg,
+			rng:          rand.New(rand.NewPCG(cfg.Seed, uint64(i))),
+			check:        check,
+			ids:          &ids,
+			count:        &count,
+			sample:       integrity.NewSample(cfg.Body),
+			example:      example,
 			handshakeLen: hsLen,
+			connected:    func() { once.Do(connected.Done) },
 		}
 		wg.Go(func() {
 			defer a.connected()
@@ -452,7 +460,7 @@ func Run(ctx context.Context, srv *echo.Server, cfg Config, pause func(batches i
 	filler := integrity.NewSample(cfg.Body)
 	var err error
 	for i := range srv.BatchSize() {
-		filler.Fill(integrity.Filler, uint64(i))
+		filler.Fill(integrity.Filler, check.FillerSeq(uint32(i)))
 		if err = srv.Submit(filler.Tree); err != nil {
 			err = fmt.Errorf("loadgen: submitting fillers: %w", err)
 			break
@@ -483,15 +491,17 @@ func cmp(first, err error) error {
 }
 
 // consume checks batches until ctx ends. It closes sawFiller at the first
-// batch with a filler, submitted after fillersIn closed; ctx ending after
-// that is a success.
+// batch with one of the run's fillers, which must come after fillersIn
+// closed; ctx ending after that is a success. It never stops early: a run
+// whose consumer left would block in Submit.
 func consume(ctx context.Context, srv *echo.Server, check *integrity.Checker, fillersIn <-chan struct{}, sawFiller chan<- struct{}, pause func(int), batches *uint64, info *echo.SampleInfo) error {
 	saw := false
+	var early error
 	for {
 		smp, err := srv.Sample(ctx)
 		if err != nil {
 			if saw && ctx.Err() != nil {
-				return nil
+				return early
 			}
 			return fmt.Errorf("%w: %w", ErrIncomplete, err)
 		}
@@ -500,11 +510,11 @@ func consume(ctx context.Context, srv *echo.Server, check *integrity.Checker, fi
 		if check.Batch(smp.Leaves) > 0 && !saw {
 			select {
 			case <-fillersIn:
-				saw = true
-				close(sawFiller)
 			default:
-				return errors.New("loadgen: a filler arrived before the actors were done")
+				early = errors.New("loadgen: a filler arrived before the actors were done")
 			}
+			saw = true
+			close(sawFiller)
 		}
 		if pause != nil {
 			pause(int(*batches))

@@ -244,7 +244,7 @@ func NeverReadsAcks(ctx context.Context, t Target, check *integrity.Checker, bod
 		if err := t.opening(conn); err != nil {
 			return OutError, 0
 		}
-		id := attackStreams + uint64(i)
+		id := check.StreamID(attackStreams + uint32(i))
 		s := integrity.NewSample(body)
 		sent := 0
 		for sent < samples && ctx.Err() == nil {
@@ -269,9 +269,9 @@ func NeverReadsAcks(ctx context.Context, t Target, check *integrity.Checker, bod
 	})
 }
 
-// attackStreams is the first stream id of attackers that send integrity
-// samples, far above any actor's.
-const attackStreams = 1 << 62
+// attackStreams is the first stream number of attackers that send
+// integrity samples, far above any actor's.
+const attackStreams = 1 << 31
 
 // Flood opens n connections at once against a server capped at fewer and
 // holds them until every one knows its fate: refused at accept (the
