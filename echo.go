@@ -23,6 +23,16 @@
 // and flattening against the example). Over the network it is
 // ingress/conn.go (FIONREAD, one readv into the slots, one write of acks)
 // and client.go (one writev per sample).
+//
+// # Security
+//
+// A server listens only where [WithTCP] or [WithUnix] say. Any peer that
+// reaches it may send samples, as with echo, unless [WithSharedSecret] makes
+// every connection prove it holds a secret first (an HMAC-SHA256
+// challenge–response in both directions; the secret never crosses the
+// wire); Go clients answer with [WithClientSecret]. Package integrity and
+// package loadgen test what reaches the learner when actors crash or turn
+// hostile.
 package echo
 
 import (

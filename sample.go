@@ -58,7 +58,9 @@ type SampleInfo struct {
 	// QueueDepthSum is the number of samples waiting in producer queues
 	// (and socket buffers), summed.
 	QueueDepthSum int
-	// QueueDepthMax is the deepest single producer queue.
+	// QueueDepthMax is the deepest single producer queue; for a
+	// connection, the most whole samples it had waiting at a worker's look
+	// since the previous batch.
 	QueueDepthMax int
 	// PushBlockedCount counts the times a sample had to wait: a Submit or
 	// direct producer that found the ring full, a queued producer that

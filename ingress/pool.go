@@ -241,7 +241,9 @@ type Stats struct {
 	Connections int
 	// QueueDepthSum and QueueDepthMax count the samples waiting in
 	// producer queues and, for connections, whole samples waiting in the
-	// kernel's receive queue when the worker last looked.
+	// kernel's receive queue when the worker last looked; for
+	// connections, QueueDepthMax is the most any had at a look since the
+	// previous Stats.
 	QueueDepthSum int
 	QueueDepthMax int
 	// PushBlocked counts producers that found their queue full and
@@ -252,7 +254,10 @@ type Stats struct {
 	DrainRound, Memcpy, QueueDwell hist.Summary
 }
 
-// Stats takes a snapshot. Any goroutine may call it; it allocates nothing.
+// Stats takes a snapshot; it allocates nothing and costs the same however
+// many connections are open. Any goroutine may call it, but each call
+// restarts the window of the connections' QueueDepthMax: the server's
+// consumer is its one caller.
 func (p *Pool) Stats() Stats {
 	var st Stats
 	p.mu.Lock()
@@ -264,14 +269,11 @@ func (p *Pool) Stats() Stats {
 		st.QueueDepthMax = max(st.QueueDepthMax, d)
 		st.PushBlocked += q.blocked.Load()
 	}
-	for c := range p.conns {
-		d := int(c.depth.Load())
-		st.QueueDepthSum += d
-		st.QueueDepthMax = max(st.QueueDepthMax, d)
-	}
 	st.Connections = len(p.conns)
 	p.mu.Unlock()
 	for _, w := range p.workers {
+		st.QueueDepthSum += int(w.connDepthSum.Load())
+		st.QueueDepthMax = max(st.QueueDepthMax, int(w.connDepthMax.Swap(0)))
 		st.PushBlocked += w.pushBlocked.Load()
 		st.CASSuccess += w.casSuccess.Load()
 		st.CASFailure += w.casFailure.Load()

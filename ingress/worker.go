@@ -89,6 +89,9 @@ type Worker struct {
 	// Counters written by the worker, read by snapshots.
 	pushBlocked, casSuccess, casFailure, retries atomic.Uint64
 	drainRound, memcpy, dwell                    hist.Histogram
+	// connDepthSum is the sum of the worker's connections' depths;
+	// connDepthMax the largest depth it set since Stats last took it.
+	connDepthSum, connDepthMax atomic.Int64
 }
 
 func newWorker(p *Pool) (*Worker, error) {

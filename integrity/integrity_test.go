@@ -142,3 +142,15 @@ func TestStaleSamples(t *testing.T) {
 		t.Fatalf("report %+v", r)
 	}
 }
+
+func TestFillersOnly(t *testing.T) {
+	c := newChecker()
+	other := NewChecker(body)
+	leaves := batch(t, stamped(1, 0), stamped(Filler, c.FillerSeq(0)), stamped(Filler, other.FillerSeq(0)), stamped(Filler, c.FillerSeq(1)))
+	if n := c.Fillers(leaves); n != 2 {
+		t.Fatalf("Fillers %d, want 2", n)
+	}
+	if r := c.Report(); r.Delivered != 0 || r.Fillers != 0 {
+		t.Fatalf("Fillers checked something: %+v", r)
+	}
+}

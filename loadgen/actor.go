@@ -21,6 +21,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/seed-a9ef92a1/echo"
 	"github.com/seed-a9ef92a1/echo/integrity"
@@ -58,6 +59,10 @@ type Config struct {
 	Seed uint64
 	// Dial connects one actor to the server.
 	Dial func(ctx context.Context) (net.Conn, error)
+	// Unchecked skips the integrity checks: the consumer only looks for
+	// the run's end, and the report's delivery figures stay 0. For
+	// measuring what the checks cost.
+	Unchecked bool
 	// During, if set, runs once every actor has connected once (or
 	// given up), alongside the rest of the run; the run ends after it
 	// returns. Hostile scenarios attack from here.
@@ -374,6 +379,9 @@ type Result struct {
 	// Info is the server's SampleInfo with the last batch, taken after
 	// every actor and attacker was done.
 	Info echo.SampleInfo
+	// Ring is the address of the first batch's memory: a leak check can
+	// look for its mapping after Close.
+	Ring uintptr
 }
 
 // Rate is the samples sent per second.
@@ -404,7 +412,7 @@ func Run(ctx context.Context, srv *echo.Server, cfg Config, pause func(batches i
 	cctx, stopConsumer := context.WithCancel(ctx)
 	defer stopConsumer()
 	go func() {
-		consumed <- consume(cctx, srv, check, fillersIn, sawFiller, pause, &res.Batches, &res.Info)
+		consumed <- consume(cctx, srv, check, !cfg.Unchecked, fillersIn, sawFiller, pause, &res)
 	}()
 
 	ids := streams{check: check}
@@ -494,7 +502,7 @@ func cmp(first, err error) error {
 // batch with one of the run's fillers, which must come after fillersIn
 // closed; ctx ending after that is a success. It never stops early: a run
 // whose consumer left would block in Submit.
-func consume(ctx context.Context, srv *echo.Server, check *integrity.Checker, fillersIn <-chan struct{}, sawFiller chan<- struct{}, pause func(int), batches *uint64, info *echo.SampleInfo) error {
+func consume(ctx context.Context, srv *echo.Server, check *integrity.Checker, checked bool, fillersIn <-chan struct{}, sawFiller chan<- struct{}, pause func(int), res *Result) error {
 	saw := false
 	var early error
 	for {
@@ -505,9 +513,18 @@ func consume(ctx context.Context, srv *echo.Server, check *integrity.Checker, fi
 			}
 			return fmt.Errorf("%w: %w", ErrIncomplete, err)
 		}
-		*batches++
-		*info = smp.Info
-		if check.Batch(smp.Leaves) > 0 && !saw {
+		if res.Batches == 0 {
+			res.Ring = uintptr(unsafe.Pointer(unsafe.SliceData(smp.Leaves[0].Bytes())))
+		}
+		res.Batches++
+		res.Info = smp.Info
+		var fillers int
+		if checked {
+			fillers = check.Batch(smp.Leaves)
+		} else {
+			fillers = check.Fillers(smp.Leaves)
+		}
+		if fillers > 0 && !saw {
 			select {
 			case <-fillersIn:
 			default:
@@ -517,7 +534,7 @@ func consume(ctx context.Context, srv *echo.Server, check *integrity.Checker, fi
 			close(sawFiller)
 		}
 		if pause != nil {
-			pause(int(*batches))
+			pause(int(res.Batches))
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	mrand "math/rand/v2"
 	"net"
 	"os/exec"
@@ -79,6 +80,54 @@ type Target struct {
 	Secret []byte
 	// AuthTimeout is the server's, when it has a secret.
 	AuthTimeout time.Duration
+}
+
+// Refusals is a slog.Handler that counts a server's refusal records
+// (WithLogger) by reason, to check that each refusal is logged once.
+type Refusals struct {
+	mu      sync.Mutex
+	reasons map[string]int
+}
+
+// NewRefusals returns an empty count.
+func NewRefusals() *Refusals { return &Refusals{reasons: map[string]int{}} }
+
+func (r *Refusals) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelWarn }
+func (r *Refusals) WithAttrs([]slog.Attr) slog.Handler           { return r }
+func (r *Refusals) WithGroup(string) slog.Handler                { return r }
+
+// Handle counts rec if it is a refusal.
+func (r *Refusals) Handle(_ context.Context, rec slog.Record) error {
+	if rec.Message != "echo: connection refused" {
+		return nil
+	}
+	rec.Attrs(func(a slog.Attr) bool {
+		if a.Key == "reason" {
+			r.mu.Lock()
+			r.reasons[a.Value.String()]++
+			r.mu.Unlock()
+		}
+		return true
+	})
+	return nil
+}
+
+// Count returns the refusals logged with reason.
+func (r *Refusals) Count(reason string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.reasons[reason]
+}
+
+func (r *Refusals) String() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var parts []string
+	for k, n := range r.reasons {
+		parts = append(parts, fmt.Sprintf("%d %q", n, k))
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ", ")
 }
 
 // Outcomes, as the attacker sees them.

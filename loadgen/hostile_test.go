@@ -15,36 +15,6 @@ import (
 	"github.com/seed-a9ef92a1/echo/integrity"
 )
 
-// refusals counts the server's Warn records by reason.
-type refusals struct {
-	mu      sync.Mutex
-	reasons map[string]int
-}
-
-func (r *refusals) Enabled(context.Context, slog.Level) bool { return true }
-func (r *refusals) WithAttrs([]slog.Attr) slog.Handler       { return r }
-func (r *refusals) WithGroup(string) slog.Handler            { return r }
-func (r *refusals) Handle(_ context.Context, rec slog.Record) error {
-	if rec.Level < slog.LevelWarn || rec.Message != "echo: connection refused" {
-		return nil
-	}
-	rec.Attrs(func(a slog.Attr) bool {
-		if a.Key == "reason" {
-			r.mu.Lock()
-			r.reasons[a.Value.String()]++
-			r.mu.Unlock()
-		}
-		return true
-	})
-	return nil
-}
-
-func (r *refusals) count(reason string) int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.reasons[reason]
-}
-
 // expectOutcomes fails t unless every attempt of a came out as want.
 func expectOutcomes(t *testing.T, a *Attack, want string) {
 	t.Helper()
@@ -114,7 +84,7 @@ func TestHostileAlongsideHonest(t *testing.T) {
 func TestHostileAuthenticated(t *testing.T) {
 	secret := []byte("a secret of thirty-two bytes....")
 	const timeout = 500 * time.Millisecond
-	log := &refusals{reasons: map[string]int{}}
+	log := NewRefusals()
 	srv := startServer(t, body, 64, echo.WithSharedSecret(secret), echo.WithAuthTimeout(timeout), echo.WithLogger(slog.New(log)))
 	tg := target(srv, secret, timeout)
 	var random, wrong, half *Attack
@@ -143,7 +113,7 @@ func TestHostileAuthenticated(t *testing.T) {
 		t.Errorf("AuthFailures %d, want 250", res.Info.AuthFailures)
 	}
 	// Random answers shorter than a response end in the peer's close.
-	failed, left, timedOut := log.count("authentication failed"), log.count("left during authentication"), log.count("authentication timed out")
+	failed, left, timedOut := log.Count("authentication failed"), log.Count("left during authentication"), log.Count("authentication timed out")
 	if failed+left != 200 || timedOut != 50 {
 		t.Errorf("logged %d failed + %d left (want 200), %d timed out (want 50)", failed, left, timedOut)
 	}
@@ -153,7 +123,7 @@ func TestHostileAuthenticated(t *testing.T) {
 // server capped at 64 while 32 honest actors deliver: every one past the
 // cap is refused before its handshake, counted and logged once.
 func TestConnectionFlood(t *testing.T) {
-	log := &refusals{reasons: map[string]int{}}
+	log := NewRefusals()
 	srv := startServer(t, body, 64, echo.WithMaxConnections(64), echo.WithLogger(slog.New(log)))
 	tg := target(srv, nil, 0)
 	var flood *Attack
@@ -173,8 +143,8 @@ func TestConnectionFlood(t *testing.T) {
 	if refused+served != 1000 || served < 32 || refused < 900 {
 		t.Fatalf("flood outcomes %v", flood.Outcomes)
 	}
-	if res.Info.RefusedConnections != uint64(refused) || log.count("max connections") != refused {
-		t.Errorf("%d refused, the server counted %d and logged %d", refused, res.Info.RefusedConnections, log.count("max connections"))
+	if res.Info.RefusedConnections != uint64(refused) || log.Count("max connections") != refused {
+		t.Errorf("%d refused, the server counted %d and logged %d", refused, res.Info.RefusedConnections, log.Count("max connections"))
 	}
 }
 

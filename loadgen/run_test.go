@@ -66,6 +66,10 @@ func TestRunClean(t *testing.T) {
 	if res.KilledTotal() != 0 || res.Failed != 0 || res.Connections != 16 {
 		t.Fatalf("connections %d, killed %d, failed %d; want 16, 0, 0", res.Connections, res.KilledTotal(), res.Failed)
 	}
+	// Every sample was taken: no connection has any waiting.
+	if res.Info.QueueDepthSum != 0 {
+		t.Fatalf("QueueDepthSum %d after the run", res.Info.QueueDepthSum)
+	}
 }
 
 // TestRunKilled is the fault run: 256 actors sending thousands of samples
