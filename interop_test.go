@@ -313,6 +313,47 @@ func TestInteropPythonClientErrors(t *testing.T) {
 	}
 }
 
+// TestInteropPythonClientMeetsSharedSecret: echo's client cannot answer a
+// server's challenge; it must stop with an error, and the server must
+// refuse it before it touches the ring.
+func TestInteropPythonClientMeetsSharedSecret(t *testing.T) {
+	py := interopPython(t)
+	example := interopCase(t, "alltypes")
+	s := newServerFor(t, example, 1, echo.WithTCP("127.0.0.1:0"),
+		echo.WithSharedSecret([]byte("0123456789abcdef0123456789abcdef")), echo.WithAuthTimeout(time.Second))
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	port := fmt.Sprint(s.Addr().(*net.TCPAddr).Port)
+	out := runPy(t, py, "client.py", "refused", "--port", port)
+	if !strings.Contains(out, `"error"`) {
+		t.Fatalf("client.py said %q", out)
+	}
+	t.Logf("echo's client: %s", strings.TrimSpace(out))
+	// Nothing of it reached the ring: the first sample is a Go client's.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := echo.Dial(ctx, s.Addr().String(), example, echo.WithClientSecret([]byte("0123456789abcdef0123456789abcdef")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	first := interopSample(t, example, 5, 0)
+	if err := c.Send(first); err != nil {
+		t.Fatal(err)
+	}
+	smp, err := s.Sample(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ids := interopCheck(t, s.Spec(), smp, 1); ids[0] != [2]int{5, 0} {
+		t.Fatalf("got sample %v, want the Go client's", ids[0])
+	}
+	if smp.Info.AuthFailures != 1 {
+		t.Fatalf("AuthFailures %d, want 1", smp.Info.AuthFailures)
+	}
+}
+
 // TestInteropGoServerClosesUnderPythonClient: echo's client, mid-stream,
 // must see its ConnectionClosedError when the Go server closes.
 func TestInteropGoServerClosesUnderPythonClient(t *testing.T) {

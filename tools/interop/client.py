@@ -68,6 +68,17 @@ def main():
             return
         sys.exit("TcpClient connected despite a spec mismatch")
 
+    elif args.mode == "refused":
+        # A server that requires a shared secret opens with a challenge
+        # where echo expects its handshake: echo's client must refuse it.
+        try:
+            c = echo.TcpClient(args.host, args.port, example)
+        except Exception as e:  # echo raises its own error types
+            print(json.dumps({"error": f"{type(e).__name__}: {e}"}))
+            return
+        c.close()
+        sys.exit("TcpClient connected to a server that requires authentication")
+
     elif args.mode == "wrongsize":
         c = echo.TcpClient(args.host, args.port, example)
         bad = samples.sample(example, args.first, 0)
