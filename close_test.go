@@ -1,13 +1,9 @@
 package echo_test
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -16,43 +12,28 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/seed-a9ef92a1/echo"
+	"github.com/seed-a9ef92a1/echo/loadgen"
 )
 
 // openFDs returns the process's open file descriptors.
 func openFDs(t testing.TB) int {
 	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
+	n := loadgen.OpenFDs()
+	if n < 0 {
+		t.Fatal("cannot read /proc/self/fd")
 	}
-	return len(ents) - 1 // ReadDir's own descriptor
+	return n
 }
 
 // mappingAt returns the /proc/self/maps line of the mapping holding addr,
 // or "".
 func mappingAt(t testing.TB, addr uintptr) string {
 	t.Helper()
-	f, err := os.Open("/proc/self/maps")
+	m, err := loadgen.MappingAt(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		lo, hi, ok := strings.Cut(strings.Fields(sc.Text())[0], "-")
-		if !ok {
-			continue
-		}
-		l, err1 := strconv.ParseUint(lo, 16, 64)
-		h, err2 := strconv.ParseUint(hi, 16, 64)
-		if err1 == nil && err2 == nil && uint64(addr) >= l && uint64(addr) < h {
-			return sc.Text()
-		}
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return ""
+	return m
 }
 
 // eventually polls cond for up to 5 s.

@@ -104,7 +104,7 @@ type conn struct {
 func (p *Pool) AddConn(fd int, gated bool, peer string) error {
 	c := &conn{fd: fd, gated: gated, out: p.handshake, peer: peer}
 	for len(c.out) > 0 {
-		n, err := writeSome(fd, c.out)
+		n, err := WriteSome(fd, c.out)
 		if err != nil {
 			unix.Close(fd) // the peer left already
 			if p.log != nil {
@@ -463,7 +463,7 @@ func (w *Worker) readStaged(c *conn) (int, error) {
 // counter, never a blocked worker.
 func (w *Worker) flush(c *conn) error {
 	for len(c.out) > 0 {
-		n, err := writeSome(c.fd, c.out)
+		n, err := WriteSome(c.fd, c.out)
 		if n == 0 || err != nil {
 			return err
 		}
@@ -471,7 +471,7 @@ func (w *Worker) flush(c *conn) error {
 	}
 	acks := w.pool.acks
 	for c.owed > 0 {
-		n, err := writeSome(c.fd, acks[:min(c.owed, len(acks))])
+		n, err := WriteSome(c.fd, acks[:min(c.owed, len(acks))])
 		if n == 0 || err != nil {
 			return err
 		}
@@ -480,10 +480,10 @@ func (w *Worker) flush(c *conn) error {
 	return nil
 }
 
-// writeSome is one write(2) with EINTR retried: n == 0 with a nil error
-// means the send buffer is full (EAGAIN); an error means the connection is
-// broken.
-func writeSome(fd int, b []byte) (int, error) {
+// WriteSome is one write(2) to a non-blocking socket with EINTR retried:
+// n == 0 with a nil error means the send buffer is full (EAGAIN); an error
+// means the connection is broken.
+func WriteSome(fd int, b []byte) (int, error) {
 	for {
 		n, err := unix.Write(fd, b)
 		switch {

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"runtime"
 	"strings"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -104,4 +105,14 @@ func (h Host) Dial(ctx context.Context, port string) (net.Conn, error) {
 	}
 	runtime.UnlockOSThread()
 	return conn, dialErr
+}
+
+// DialHosts returns a dialer that connects to port from each of hosts in
+// turn.
+func DialHosts(hosts []Host, port string) func(context.Context) (net.Conn, error) {
+	var next atomic.Uint64
+	return func(ctx context.Context) (net.Conn, error) {
+		h := hosts[(next.Add(1)-1)%uint64(len(hosts))]
+		return h.Dial(ctx, port)
+	}
 }

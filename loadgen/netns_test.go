@@ -84,18 +84,7 @@ func TestActorsInNamespaces(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, port, _ := net.SplitHostPort(srv.Addr().String())
-	var next int
-	var mu sync.Mutex
-	cfg := Config{
-		Actors: 32, Samples: 1000, Body: body, Kill: 0.2, Seed: 31,
-		Dial: func(ctx context.Context) (net.Conn, error) {
-			mu.Lock()
-			h := hosts[next%len(hosts)]
-			next++
-			mu.Unlock()
-			return h.Dial(ctx, port)
-		},
-	}
+	cfg := Config{Actors: 32, Samples: 1000, Body: body, Kill: 0.2, Seed: 31, Dial: DialHosts(hosts, port)}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	res, err := Run(ctx, srv, cfg, nil)

@@ -268,7 +268,7 @@ func (a *Acceptor) challenge(fd int, l *Listener, peer string) {
 	msg := wire.AppendChallenge(make([]byte, 0, wire.ChallengeLen), &c.nonce)
 	// A new socket's send buffer is empty: the challenge goes whole, or the
 	// peer is gone.
-	if n, err := writeSome(fd, msg); err != nil || n < len(msg) {
+	if n, err := ingress.WriteSome(fd, msg); err != nil || n < len(msg) {
 		unix.Close(fd)
 		a.refused.Add(1)
 		a.authFailed.Add(1)
@@ -314,7 +314,7 @@ func (a *Acceptor) authRead(c *authConn) {
 	}
 	a.forget(c)
 	proof := wire.ServerProof(a.cfg.Secret, &c.nonce, &client)
-	if n, err := writeSome(c.fd, proof[:]); err != nil || n < len(proof) {
+	if n, err := ingress.WriteSome(c.fd, proof[:]); err != nil || n < len(proof) {
 		unix.Close(c.fd)
 		if a.log != nil {
 			a.log.Debug("echo: connection left after authenticating", "peer", c.peer, "err", err)
@@ -344,23 +344,6 @@ func (a *Acceptor) refuseAuth(c *authConn, reason string, attrs ...any) {
 	a.authFailed.Add(1)
 	if a.log != nil {
 		a.log.Warn("echo: connection refused", append([]any{"peer", c.peer, "reason", reason}, attrs...)...)
-	}
-}
-
-// writeSome writes what the socket takes of b now.
-func writeSome(fd int, b []byte) (int, error) {
-	for {
-		n, err := unix.Write(fd, b)
-		switch err {
-		case nil:
-			return n, nil
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return 0, nil
-		default:
-			return 0, os.NewSyscallError("write", err)
-		}
 	}
 }
 

@@ -38,6 +38,7 @@ import (
 
 	"github.com/seed-a9ef92a1/echo"
 	"github.com/seed-a9ef92a1/echo/bench"
+	"github.com/seed-a9ef92a1/echo/internal/readme"
 )
 
 type options struct {
@@ -255,7 +256,7 @@ func run(o options) error {
 		}
 	}
 	if o.readme != "" {
-		if err := rewriteReadme(o.readme, md.String()); err != nil {
+		if err := readme.Rewrite(o.readme, "echo-bench", md.String()); err != nil {
 			return err
 		}
 	}

@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"testing"
 
@@ -152,20 +151,4 @@ func writeSuite(w io.Writer, rows []Row) {
 // heading starts a Markdown table: its title, then the header row.
 func heading(w io.Writer, title string, cols ...string) {
 	fmt.Fprintf(w, "#### %s\n\n| %s |\n|%s\n", title, strings.Join(cols, " | "), strings.Repeat("---|", len(cols)))
-}
-
-// rewriteReadme replaces the text between the echo-bench markers of path.
-func rewriteReadme(path, generated string) error {
-	const begin, end = "<!-- echo-bench:begin -->", "<!-- echo-bench:end -->"
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	s := string(b)
-	i, j := strings.Index(s, begin), strings.Index(s, end)
-	if i < 0 || j < i {
-		return fmt.Errorf("%s has no %s … %s section", path, begin, end)
-	}
-	s = s[:i+len(begin)] + "\n" + generated + s[j:]
-	return os.WriteFile(path, []byte(s), 0o644)
 }

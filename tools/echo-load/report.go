@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
 	"runtime"
 	"strings"
 	"time"
@@ -84,20 +83,4 @@ func (s *suite) markdown(took time.Duration) string {
 		fmt.Fprintf(&b, "- %s\n", n)
 	}
 	return b.String()
-}
-
-// rewriteSection replaces the text between the echo-load markers of path.
-func rewriteSection(path, generated string) error {
-	const begin, end = "<!-- echo-load:begin -->", "<!-- echo-load:end -->"
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	s := string(data)
-	i, j := strings.Index(s, begin), strings.Index(s, end)
-	if i < 0 || j < i {
-		return fmt.Errorf("%s has no %s … %s section", path, begin, end)
-	}
-	s = s[:i+len(begin)] + "\n" + generated + s[j:]
-	return os.WriteFile(path, []byte(s), 0o644)
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"log/slog"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/seed-a9ef92a1/echo"
 	"github.com/seed-a9ef92a1/echo/integrity"
+	"github.com/seed-a9ef92a1/echo/internal/readme"
 	"github.com/seed-a9ef92a1/echo/loadgen"
 )
 
@@ -73,7 +73,7 @@ const body = 200
 func runSuite(o suiteOptions) (bool, error) {
 	s := &suite{o: o, ok: true}
 	ignore := goleak.IgnoreCurrent()
-	fds := openFDs()
+	fds := loadgen.OpenFDs()
 	started := time.Now()
 
 	s.faultRuns()
@@ -87,7 +87,7 @@ func runSuite(o suiteOptions) (bool, error) {
 	md := s.markdown(time.Since(started))
 	fmt.Print(md)
 	if o.readme != "" {
-		if err := rewriteSection(o.readme, md); err != nil {
+		if err := readme.Rewrite(o.readme, "echo-load", md); err != nil {
 			return s.ok, err
 		}
 	}
@@ -126,9 +126,9 @@ func (s *suite) serverAt(addr string, n, batch int, opts ...echo.Option) (srv *e
 		s.servers++
 		// Looked for at once: later, another mapping may take the
 		// address.
-		if m := mappingAt(ring); ring != 0 && m != "" {
+		if m, err := loadgen.MappingAt(ring); ring != 0 && (m != "" || err != nil) {
 			s.leaks.mappings++
-			s.leaks.detail += "\nstill mapped: " + m
+			s.leaks.detail += fmt.Sprintf("\nstill mapped: %s (%v)", m, err)
 		}
 	}, nil
 }
@@ -250,17 +250,9 @@ func (s *suite) namespaces() {
 		s.fail(name, err)
 		return
 	}
-	var mu sync.Mutex
-	next := 0
 	res, err := runOn(srv, loadgen.Config{
 		Actors: 32, Samples: s.scale(1000), Body: body, Kill: 0.2, Seed: 6,
-		Dial: func(ctx context.Context) (net.Conn, error) {
-			mu.Lock()
-			h := hosts[next%len(hosts)]
-			next++
-			mu.Unlock()
-			return h.Dial(ctx, port)
-		},
+		Dial: loadgen.DialHosts(hosts, port),
 	}, nil)
 	done(res.Ring)
 	s.record(name, res, err)
@@ -444,44 +436,14 @@ func (s *suite) checkLeaks(ignore goleak.Option, fds int) {
 		s.leaks.detail += err.Error()
 	}
 	deadline := time.Now().Add(5 * time.Second)
-	for openFDs() > fds && time.Now().Before(deadline) {
+	for loadgen.OpenFDs() > fds && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	s.leaks.fds = max(0, openFDs()-fds)
+	s.leaks.fds = max(0, loadgen.OpenFDs()-fds)
 	if s.leaks.goroutines+s.leaks.fds+s.leaks.mappings > 0 {
 		s.ok = false
 		fmt.Fprintln(os.Stderr, "leaks:", s.leaks.detail)
 	}
-}
-
-func openFDs() int {
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		return -1
-	}
-	return len(ents) - 1 // ReadDir's own
-}
-
-// mappingAt returns the /proc/self/maps line of the mapping holding addr.
-func mappingAt(addr uintptr) string {
-	f, err := os.Open("/proc/self/maps")
-	if err != nil {
-		return ""
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		lo, hi, ok := strings.Cut(strings.Fields(sc.Text())[0], "-")
-		if !ok {
-			continue
-		}
-		l, err1 := strconv.ParseUint(lo, 16, 64)
-		h, err2 := strconv.ParseUint(hi, 16, 64)
-		if err1 == nil && err2 == nil && uint64(addr) >= l && uint64(addr) < h {
-			return sc.Text()
-		}
-	}
-	return ""
 }
 
 var execsRe = regexp.MustCompile(`execs: (\d+)`)
