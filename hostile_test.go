@@ -2,7 +2,6 @@ package echo_test
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"math"
 	"net"
@@ -10,6 +9,7 @@ import (
 	"time"
 
 	"github.com/seed-a9ef92a1/echo"
+	"github.com/seed-a9ef92a1/echo/loadgen"
 	"github.com/seed-a9ef92a1/echo/pytree"
 	"github.com/seed-a9ef92a1/echo/wire"
 )
@@ -51,19 +51,6 @@ func hostileServer(t *testing.T, handshake []byte) string {
 	return ln.Addr().String()
 }
 
-// declare is a version-1 handshake of one leaf of element size dtype and
-// the given dims.
-func declare(dtype uint32, dims ...uint32) []byte {
-	b := append([]byte(wire.Magic), wire.Version1)
-	b = binary.LittleEndian.AppendUint32(b, 1)
-	b = binary.LittleEndian.AppendUint32(b, dtype)
-	b = binary.LittleEndian.AppendUint32(b, uint32(len(dims)))
-	for _, d := range dims {
-		b = binary.LittleEndian.AppendUint32(b, d)
-	}
-	return b
-}
-
 // TestDialRefusesHostileShapes: a server that declares a shape whose size
 // overflows, or exceeds the client's limit, is refused at once, before the
 // client sizes anything by it.
@@ -75,10 +62,10 @@ func TestDialRefusesHostileShapes(t *testing.T) {
 		hs   []byte
 		opts []echo.ClientOption
 	}{
-		{"overflows int64", declare(8, math.MaxUint32, math.MaxUint32, math.MaxUint32), nil},
-		{"2 GiB sample", declare(8, 1<<28), nil},
-		{"over the client's limit", declare(4, 1000), []echo.ClientOption{echo.WithHandshakeLimits(wire.Limits{MaxPayload: 3999})}},
-		{"65 dims", declare(1, make([]uint32, 65)...), nil},
+		{"overflows int64", loadgen.Declare(8, math.MaxUint32, math.MaxUint32, math.MaxUint32), nil},
+		{"2 GiB sample", loadgen.Declare(8, 1<<28), nil},
+		{"over the client's limit", loadgen.Declare(4, 1000), []echo.ClientOption{echo.WithHandshakeLimits(wire.Limits{MaxPayload: 3999})}},
+		{"65 dims", loadgen.Declare(1, make([]uint32, 65)...), nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			addr := hostileServer(t, tc.hs)

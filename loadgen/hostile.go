@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -453,4 +454,18 @@ func SpawnIdle(cmd *exec.Cmd) (stop func() error, err error) {
 		return nil, errors.Join(fmt.Errorf("idle holder did not get ready (%q, %v)", line, err), stop())
 	}
 	return stop, nil
+}
+
+// Declare is the version-1 handshake of a server declaring one leaf of
+// element size dtype and the given dims, valid or not: what a hostile
+// server sends to see what a client sizes by it.
+func Declare(dtype uint32, dims ...uint32) []byte {
+	b := append([]byte(wire.Magic), wire.Version1)
+	b = binary.LittleEndian.AppendUint32(b, 1)
+	b = binary.LittleEndian.AppendUint32(b, dtype)
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(dims)))
+	for _, d := range dims {
+		b = binary.LittleEndian.AppendUint32(b, d)
+	}
+	return b
 }

@@ -5,7 +5,9 @@
 //
 // Two transports share that code: TCP, for actors on other hosts, and
 // Unix-domain stream sockets, for actors on the same host. Both speak the
-// same wire protocol (package wire).
+// same wire protocol (package wire). With a shared secret the acceptor also
+// authenticates each connection (wire/auth.go) before the pool ever sees
+// it.
 package tcp
 
 import (

@@ -2,8 +2,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"os/exec"
@@ -21,6 +24,7 @@ import (
 	"github.com/seed-a9ef92a1/echo/integrity"
 	"github.com/seed-a9ef92a1/echo/internal/readme"
 	"github.com/seed-a9ef92a1/echo/loadgen"
+	"github.com/seed-a9ef92a1/echo/wire"
 )
 
 type suiteOptions struct {
@@ -368,6 +372,56 @@ func (s *suite) hostileRuns() {
 	s.hostile = append(s.hostile, row)
 
 	s.idle()
+	s.hostileShapes()
+}
+
+// hostileShapes points Go clients at a fake server that declares shapes
+// whose size overflows or passes the client's limit, and builds a server
+// for samples past WithMaxPayloadBytes.
+func (s *suite) hostileShapes() {
+	shapes := [][]byte{
+		loadgen.Declare(8, math.MaxUint32, math.MaxUint32, math.MaxUint32), // overflows int64
+		loadgen.Declare(8, 1<<28),                 // 2 GiB, past the default 1 GiB limit
+		loadgen.Declare(1, make([]uint32, 65)...), // rank 65
+	}
+	refused := 0
+	for _, hs := range shapes {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			s.fail("hostile shapes", err)
+			return
+		}
+		go func() {
+			c, err := ln.Accept()
+			if err == nil {
+				c.Write(hs)
+				defer c.Close()
+				io.Copy(io.Discard, c)
+			}
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		c, err := echo.Dial(ctx, ln.Addr().String(), integrity.Example(body))
+		cancel()
+		ln.Close()
+		if err == nil {
+			c.Close()
+		} else if errors.Is(err, wire.ErrLimit) {
+			refused++
+		}
+	}
+	row := hostileRow{
+		kind: "a server declaring a shape that overflows or passes the limits", secret: "no", tried: len(shapes),
+		ok: refused == len(shapes), outcome: fmt.Sprintf("%d refused by Dial with wire.ErrLimit", refused),
+	}
+	_, err := echo.NewServer(integrity.Example(1<<20), 4, echo.WithMaxPayloadBytes(1<<20))
+	row.server = fmt.Sprintf("(the hostile side; a learner's NewServer for samples past WithMaxPayloadBytes fails: %v)", err)
+	if !errors.Is(err, echo.ErrBadExample) {
+		row.ok = false
+	}
+	if !row.ok {
+		s.ok = false
+	}
+	s.hostile = append(s.hostile, row)
 }
 
 // idle measures honest actors alone and beside idle connections held by a
