@@ -6,7 +6,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"sync"
 	"testing"
 	"time"
 
@@ -54,22 +53,8 @@ func FuzzVerifyResponse(f *testing.F) {
 	})
 }
 
-var (
-	authOnce sync.Once
-	authSrv  *echo.Server
-	authErr  error
-)
-
-// authServer is the live server of FuzzLiveAuth, shared by every input.
-func authServer() (*echo.Server, error) {
-	authOnce.Do(func() {
-		authSrv, authErr = echo.NewServer(liveExample(), 1, echo.WithTCP("127.0.0.1:0"), echo.WithSharedSecret(fuzzSecret))
-		if authErr == nil {
-			authErr = authSrv.Start()
-		}
-	})
-	return authSrv, authErr
-}
+// authServer is FuzzLiveAuth's server.
+var authServer = sharedServer(echo.WithSharedSecret(fuzzSecret))
 
 // FuzzLiveAuth sends a fuzzed answer to a live server's challenge. The
 // server must close the connection without a byte more, and nothing of the

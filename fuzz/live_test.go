@@ -25,23 +25,22 @@ func liveExample() map[string]any {
 
 const livePayload = 16
 
-var (
-	liveOnce sync.Once
-	liveSrv  *echo.Server
-	liveErr  error
-)
-
-// liveServer is one server shared by every input, so that an input also
+// sharedServer returns a function that starts, on its first call, one
+// loopback server for liveExample samples, batch 1, and returns it on every
+// call: one server shared by every input of a target, so that an input also
 // meets the state the inputs before it left behind.
-func liveServer() (*echo.Server, error) {
-	liveOnce.Do(func() {
-		liveSrv, liveErr = echo.NewServer(liveExample(), 1, echo.WithTCP("127.0.0.1:0"), echo.WithNumBuffers(512))
-		if liveErr == nil {
-			liveErr = liveSrv.Start()
+func sharedServer(opts ...echo.Option) func() (*echo.Server, error) {
+	return sync.OnceValues(func() (*echo.Server, error) {
+		srv, err := echo.NewServer(liveExample(), 1, append([]echo.Option{echo.WithTCP("127.0.0.1:0")}, opts...)...)
+		if err == nil {
+			err = srv.Start()
 		}
+		return srv, err
 	})
-	return liveSrv, liveErr
 }
+
+// liveServer is FuzzLiveConnection's server.
+var liveServer = sharedServer(echo.WithNumBuffers(512))
 
 // FuzzLiveConnection feeds a byte stream, cut into pieces where the input
 // says, to a live server connection and half-closes it. Whatever the bytes,
