@@ -1020,3 +1020,35 @@ func TestMaxConnections(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestRefusalLoggedBeforeClose refuses connection after connection past
+// WithMaxConnections and checks, as soon as each peer sees its close, that
+// the refusal is already logged: a peer (or a test, or an operator
+// counting) never sees a close the server has not yet accounted for.
+func TestRefusalLoggedBeforeClose(t *testing.T) {
+	var logs lockedBuffer
+	s := startTCP(t, 1, echo.WithMaxConnections(1), echo.WithLogger(slog.New(slog.NewJSONHandler(&logs, nil))))
+	addr := s.Addr().String()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	kept, err := echo.Dial(ctx, addr, numbered(0, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer kept.Close()
+	const refusals = 300
+	for i := 1; i <= refusals; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if n, err := io.Copy(io.Discard, c); n != 0 || (err != nil && !isReset(err)) {
+			t.Fatalf("refusal %d: read %d bytes, %v; want the connection closed", i, n, err)
+		}
+		c.Close()
+		if got := strings.Count(logs.String(), `"reason":"max connections"`); got != i {
+			t.Fatalf("refusal %d seen closed by its peer with %d refusals logged", i, got)
+		}
+	}
+}

@@ -222,15 +222,9 @@ func (a *Acceptor) acceptAll(l *Listener) {
 		}
 		peer := peerName(fd)
 		if a.cfg.MaxConns > 0 && a.pool.ActiveConnections()+len(a.authing) >= a.cfg.MaxConns {
-			// Counted first, so that a peer that sees the close sees
-			// the count too. Closed before the handshake: the peer's
-			// connect succeeds, its read of the handshake meets the end
-			// of the stream.
-			a.refused.Add(1)
-			unix.Close(fd)
-			if a.log != nil {
-				a.log.Warn("echo: connection refused", "peer", peer, "reason", "max connections", "max", a.cfg.MaxConns)
-			}
+			// Closed before the handshake: the peer's connect succeeds,
+			// its read of the handshake meets the end of the stream.
+			a.refuse(fd, peer, false, "max connections", "max", a.cfg.MaxConns)
 			continue
 		}
 		if a.cfg.Secret != nil {
@@ -252,10 +246,10 @@ func (a *Acceptor) acceptAll(l *Listener) {
 func (a *Acceptor) serve(fd int, l *Listener, peer string) error {
 	gated, err := l.prepare(fd, a.pool.Payload())
 	if err != nil {
-		unix.Close(fd) // the peer sees the connection close
 		if a.log != nil {
 			a.log.Warn("echo: connection refused", "peer", peer, "reason", err)
 		}
+		unix.Close(fd) // the peer sees the connection close
 		return err
 	}
 	return a.pool.AddConn(fd, gated, peer)
@@ -269,12 +263,7 @@ func (a *Acceptor) challenge(fd int, l *Listener, peer string) {
 	// A new socket's send buffer is empty: the challenge goes whole, or the
 	// peer is gone.
 	if n, err := ingress.WriteSome(fd, msg); err != nil || n < len(msg) {
-		unix.Close(fd)
-		a.refused.Add(1)
-		a.authFailed.Add(1)
-		if a.log != nil {
-			a.log.Warn("echo: connection refused", "peer", peer, "reason", "left before its challenge", "err", err)
-		}
+		a.refuse(fd, peer, true, "left before its challenge", "err", err)
 		return
 	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(fd), Pad: authPad}
@@ -336,15 +325,25 @@ func (a *Acceptor) forget(c *authConn) {
 	}
 }
 
-// refuseAuth closes c, counts it and logs why.
+// refuseAuth forgets c and refuses it.
 func (a *Acceptor) refuseAuth(c *authConn, reason string, attrs ...any) {
 	a.forget(c)
-	unix.Close(c.fd)
+	a.refuse(c.fd, c.peer, true, reason, attrs...)
+}
+
+// refuse counts fd's refusal (as an authentication failure too when auth
+// is true), logs it once with its reason, and closes fd. The close comes
+// last, so that a peer that sees it finds the count and the log line
+// already there.
+func (a *Acceptor) refuse(fd int, peer string, auth bool, reason string, attrs ...any) {
 	a.refused.Add(1)
-	a.authFailed.Add(1)
-	if a.log != nil {
-		a.log.Warn("echo: connection refused", append([]any{"peer", c.peer, "reason", reason}, attrs...)...)
+	if auth {
+		a.authFailed.Add(1)
 	}
+	if a.log != nil {
+		a.log.Warn("echo: connection refused", append([]any{"peer", peer, "reason", reason}, attrs...)...)
+	}
+	unix.Close(fd)
 }
 
 // fail records an error; Close returns the first one.
