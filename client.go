@@ -8,16 +8,15 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/seed-a9ef92a1/echo/internal/sockio"
 	"github.com/seed-a9ef92a1/echo/pytree"
 	"github.com/seed-a9ef92a1/echo/wire"
 )
@@ -152,7 +151,7 @@ func NewClient(ctx context.Context, conn net.Conn, example any, opts ...ClientOp
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadExample, err)
 	}
-	want, err := handshakeOf(spec)
+	want, err := wire.HandshakeOf(spec)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadExample, err)
 	}
@@ -393,28 +392,16 @@ func (c *Client) rejected(tree any, err error) error {
 // and returns false to wait for writability after a short write.
 func (c *Client) writev(fd uintptr) bool {
 	for c.iovPos < len(c.iov) {
-		iov := c.iov[c.iovPos:]
-		n, _, e := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&iov[0])), uintptr(min(len(iov), 1024)))
-		switch e {
-		case 0:
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return false
-		default:
-			c.werr = os.NewSyscallError("writev", e)
+		n, err := sockio.Writev(int(fd), c.iov[c.iovPos:])
+		if err != nil {
+			c.werr = err
 			return true
 		}
-		for n > 0 {
-			head := &c.iov[c.iovPos]
-			if uint64(n) < head.Len {
-				head.Base = (*byte)(unsafe.Add(unsafe.Pointer(head.Base), n))
-				head.Len -= uint64(n)
-				break
-			}
-			n -= uintptr(head.Len)
-			c.iovPos++
+		if n == 0 {
+			return false
 		}
+		rest := sockio.Advance(c.iov[c.iovPos:], n)
+		c.iovPos = len(c.iov) - len(rest)
 	}
 	return true
 }

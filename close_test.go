@@ -12,7 +12,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/seed-a9ef92a1/echo"
-	"github.com/seed-a9ef92a1/echo/loadgen"
+	"github.com/seed-a9ef92a1/echo/bench/loadgen"
 )
 
 // openFDs returns the process's open file descriptors.

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/seed-a9ef92a1/echo"
-	"github.com/seed-a9ef92a1/echo/loadgen"
+	"github.com/seed-a9ef92a1/echo/bench/loadgen"
 	"github.com/seed-a9ef92a1/echo/pytree"
 	"github.com/seed-a9ef92a1/echo/wire"
 )

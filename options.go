@@ -80,6 +80,11 @@ func (c config) validate() error {
 	if c.producerQueueSize < 1 {
 		return fmt.Errorf("%w: producer_queue_size %d, must be at least 1", ErrBadConfig, c.producerQueueSize)
 	}
+	for _, t := range c.transports {
+		if err := t.Validate(); err != nil {
+			return fmt.Errorf("%w: %w", ErrBadConfig, err)
+		}
+	}
 	return nil
 }
 
@@ -117,17 +122,15 @@ func WithDetailedMetrics(on bool) Option { return func(c *config) { c.detailedMe
 // told to. The protocol has no authentication, so on a shared network
 // listen on an interface only trusted actors can reach, or require
 // WithSharedSecret.
-func WithTCP(addr string) Option { return WithTransport(tcp.TCP(addr, 0)) }
+func WithTCP(addr string) Option {
+	return func(c *config) { c.transports = append(c.transports, tcp.TCP(addr, 0)) }
+}
 
 // WithUnix makes Start listen on a Unix-domain stream socket at path, for
 // actors on the same host; the same wire protocol and the same epoll
 // ingress serve it. Start fails if path exists; Close removes it.
-func WithUnix(path string) Option { return WithTransport(tcp.Unix(path)) }
-
-// WithTransport makes Start listen on t. Options add transports; a server
-// may listen on several.
-func WithTransport(t tcp.Transport) Option {
-	return func(c *config) { c.transports = append(c.transports, t) }
+func WithUnix(path string) Option {
+	return func(c *config) { c.transports = append(c.transports, tcp.Unix(path)) }
 }
 
 // WithLogger sends connection events to l: each connection opened and
@@ -163,5 +166,6 @@ func WithSharedSecret(secret []byte) Option {
 }
 
 // WithAuthTimeout sets how long a connection may take to authenticate
-// (default tcp.DefaultAuthTimeout, 5 s). Only with WithSharedSecret.
+// (default tcp.DefaultPrologueTimeout, 5 s). Without WithSharedSecret it
+// bounds the handshake alone, which a peer that reads takes at once.
 func WithAuthTimeout(d time.Duration) Option { return func(c *config) { c.authTimeout = d } }

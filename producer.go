@@ -4,7 +4,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/seed-a9ef92a1/echo/ingress"
+	"github.com/seed-a9ef92a1/echo/tcp"
 	"github.com/seed-a9ef92a1/echo/pytree"
 )
 
@@ -29,7 +29,7 @@ var ErrProducerClosed = errors.New("echo: producer closed")
 // concurrently. Samples from one producer reach batches in the order sent.
 type Producer struct {
 	srv    *Server
-	q      *ingress.Queue // nil on the direct route
+	q      *tcp.Queue // nil on the direct route
 	leaves []pytree.Array // Send's scratch
 	closed bool
 }
@@ -46,7 +46,7 @@ func (s *Server) NewProducer() (*Producer, error) {
 	}
 	q, err := s.pool.NewQueue(s.cfg.producerQueueSize)
 	if err != nil {
-		if errors.Is(err, ingress.ErrClosed) {
+		if errors.Is(err, tcp.ErrClosed) {
 			return nil, fmt.Errorf("echo: new producer: %w", ErrClosed)
 		}
 		return nil, fmt.Errorf("echo: new producer: %w", err)

@@ -6,7 +6,6 @@ import (
 	"expvar"
 	"fmt"
 	"iter"
-	"math"
 	"net"
 	"runtime"
 	"slices"
@@ -14,12 +13,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/seed-a9ef92a1/echo/ingress"
 	"github.com/seed-a9ef92a1/echo/internal/hist"
 	"github.com/seed-a9ef92a1/echo/pytree"
 	"github.com/seed-a9ef92a1/echo/ringbuf"
 	"github.com/seed-a9ef92a1/echo/tcp"
-	"github.com/seed-a9ef92a1/echo/wire"
 )
 
 // Server is the learner's side: it accepts samples matching its example and
@@ -35,9 +32,8 @@ type Server struct {
 	batchSpec *pytree.Spec // one batch: every leaf prefixed with batchSize
 	batchSize int
 	ring      *ringbuf.Ring
-	pool      *ingress.Pool // ingress workers draining producers and sockets
-	handshake []byte        // the wire handshake sent to every connection
-	scratch   sync.Pool     // *[]pytree.Array with capacity spec.NumLeaves()
+	pool      *tcp.Pool // ingress workers draining producers and sockets
+	scratch   sync.Pool // *[]pytree.Array with capacity spec.NumLeaves()
 
 	// Per-slab batch trees built once over the ring memory; Sample refills
 	// and returns them, so handing out a batch allocates nothing.
@@ -60,24 +56,15 @@ type Server struct {
 	// writers counts Submit calls between their closed check and the end of
 	// their copy. Close waits for zero before unmapping.
 	writers atomic.Int64
-	// pushBlocked counts Submit calls that found the ring full.
-	pushBlocked atomic.Uint64
-	// Detailed counters, written only when cfg.detailedMetrics.
-	casSuccess, casFailure, retries atomic.Uint64
-
-	// startMu serialises Start with Close; acceptor and addrs are set by
-	// Start under it.
 	// lastInfo is the SampleInfo of the latest batch, for PublishExpvar:
 	// Sample writes it, any goroutine reads it, both under lastMu.
 	lastMu   sync.Mutex
 	lastInfo SampleInfo
 	batches  uint64
 
-	startMu  sync.Mutex
-	started  bool
-	acceptor *tcp.Acceptor
-	// accepting is acceptor again, for info, which runs without startMu.
-	accepting atomic.Pointer[tcp.Acceptor]
+	// startMu serialises Start with Close; addrs is set by Start under it.
+	startMu   sync.Mutex
+	started   bool
 	addrs     []net.Addr
 	closeOnce sync.Once
 	closeErr  error // the ingress pool's, set inside closeOnce
@@ -110,7 +97,9 @@ func NewServer(example any, batchSize int, opts ...Option) (*Server, error) {
 	for j, l := range spec.Leaves() {
 		leafBytes[j] = l.NumBytes()
 	}
-	ring, err := ringbuf.New(ringbuf.Layout{BatchSize: batchSize, NumSlabs: cfg.numBuffers, LeafBytes: leafBytes})
+	ring, err := ringbuf.New(ringbuf.Layout{
+		BatchSize: batchSize, NumSlabs: cfg.numBuffers, LeafBytes: leafBytes, Detailed: cfg.detailedMetrics,
+	})
 	if err != nil {
 		if errors.Is(err, ringbuf.ErrTooLarge) {
 			return nil, fmt.Errorf("echo: %d buffers of %d samples of %d bytes: %w",
@@ -150,19 +139,8 @@ func NewServer(example any, batchSize int, opts ...Option) (*Server, error) {
 		s.slabBoxed = append(s.slabBoxed, pytree.Box(leaves))
 		s.outLeaves = append(s.outLeaves, append([]pytree.Array(nil), leaves...))
 	}
-	hs, err := handshakeOf(spec)
-	if err != nil {
-		ring.Free()
-		return nil, fmt.Errorf("%w: %w", ErrBadExample, err)
-	}
-	s.handshake, err = wire.AppendHandshake(nil, hs)
-	if err != nil {
-		ring.Free()
-		return nil, fmt.Errorf("%w: %w", ErrBadExample, err)
-	}
-	s.pool, err = ingress.NewPool(ingress.Config{
-		Ring: ring, LeafBytes: leafBytes, Workers: cfg.numDrainers, Detailed: cfg.detailedMetrics,
-		Handshake: s.handshake, Logger: cfg.logger,
+	s.pool, err = tcp.NewPool(tcp.Config{
+		Ring: ring, Spec: spec, Workers: cfg.numDrainers, Detailed: cfg.detailedMetrics, Logger: cfg.logger,
 	})
 	if err != nil {
 		ring.Free()
@@ -171,8 +149,8 @@ func NewServer(example any, batchSize int, opts ...Option) (*Server, error) {
 	return s, nil
 }
 
-// Start binds the server's transports (WithTCP, WithUnix, WithTransport)
-// and starts accepting actors; from then on Addr reports where. Submit,
+// Start binds the server's listen addresses (WithTCP, WithUnix) and starts
+// accepting actors; from then on Addr reports where. Submit,
 // producers and Sample work without it. A second call returns ErrStarted;
 // a bind failure closes nothing, and Start may not be retried.
 func (s *Server) Start() error {
@@ -203,17 +181,15 @@ func (s *Server) Start() error {
 		}
 		listeners = append(listeners, l)
 	}
-	a, err := tcp.Serve(s.pool, listeners, tcp.Config{
-		Logger: s.cfg.logger, MaxConns: s.cfg.maxConnections,
-		Secret: s.cfg.secret, AuthTimeout: s.cfg.authTimeout,
-	})
-	if err != nil {
-		return fmt.Errorf("echo: start: %w", err)
-	}
-	s.acceptor = a
-	s.accepting.Store(a)
 	for _, l := range listeners {
 		s.addrs = append(s.addrs, l.Addr())
+	}
+	err := s.pool.Serve(listeners, tcp.ServeConfig{
+		MaxConns: s.cfg.maxConnections, Secret: s.cfg.secret, PrologueTimeout: s.cfg.authTimeout,
+	})
+	if err != nil {
+		s.addrs = nil
+		return fmt.Errorf("echo: start: %w", err)
 	}
 	return nil
 }
@@ -234,19 +210,6 @@ func (s *Server) Addrs() []net.Addr {
 	s.startMu.Lock()
 	defer s.startMu.Unlock()
 	return slices.Clone(s.addrs)
-}
-
-// handshakeOf describes a sample on the wire: every leaf's dtype size and
-// shape, in flatten order.
-func handshakeOf(spec *pytree.Spec) (wire.Handshake, error) {
-	h := wire.Handshake{Version: wire.Version1}
-	for _, l := range spec.Leaves() {
-		h.Arrays = append(h.Arrays, wire.ArraySpec{DTypeSize: l.DType.Size(), Shape: l.Shape})
-	}
-	if _, err := h.PayloadSize(wire.Limits{MaxPayload: math.MaxInt64}); err != nil {
-		return h, err
-	}
-	return h, nil
 }
 
 // Spec returns the spec of one sample, derived from the example.
@@ -277,7 +240,7 @@ func (s *Server) Submit(tree any) error {
 	return err
 }
 
-// write claims one slot with a CAS on the ring's cursor and copies leaves
+// write claims one slot through the ring's writer loop and copies leaves
 // into it: the one-copy path of Submit and of producers of large samples.
 // It waits while the ring is full.
 func (s *Server) write(leaves []pytree.Array) error {
@@ -289,33 +252,15 @@ func (s *Server) write(leaves []pytree.Array) error {
 	if s.closed.Load() {
 		return ErrClosed
 	}
-	blocked := false
-	for {
-		res, fails, ok := s.ring.Reserve(1)
-		if s.cfg.detailedMetrics && fails > 0 {
-			s.casFailure.Add(uint64(fails))
-		}
-		if ok {
-			if s.cfg.detailedMetrics {
-				s.casSuccess.Add(1)
-			}
-			for j, leaf := range leaves {
-				copy(s.ring.Slot(res.Start, j), leaf.Bytes())
-			}
-			s.ring.Commit(res)
-			return nil
-		}
-		if !blocked {
-			blocked = true
-			s.pushBlocked.Add(1)
-		}
-		if s.cfg.detailedMetrics {
-			s.retries.Add(1)
-		}
-		if err := s.ring.WaitSpace(); err != nil {
-			return ErrClosed
-		}
+	res, err := s.ring.Claim(1, nil)
+	if err != nil {
+		return ErrClosed
 	}
+	for j, leaf := range leaves {
+		copy(s.ring.Slot(res.Start, j), leaf.Bytes())
+	}
+	s.ring.Commit(res)
+	return nil
 }
 
 // mismatch turns a pytree mismatch into the server's error.
@@ -360,40 +305,24 @@ func (s *Server) info() SampleInfo {
 	in := SampleInfo{
 		StoreSize:            int(st.Stored),
 		ActiveConnections:    ps.Connections,
-		RefusedConnections:   s.refused(),
-		AuthFailures:         s.authFailures(),
+		RefusedConnections:   ps.Refused,
+		AuthFailures:         ps.AuthFailures,
 		QueueDepthSum:        ps.QueueDepthSum,
 		QueueDepthMax:        ps.QueueDepthMax,
-		PushBlockedCount:     s.pushBlocked.Load() + ps.PushBlocked,
+		PushBlockedCount:     st.Blocked + ps.PushBlocked,
 		SamplesInsertedTotal: st.Inserted,
 		NotifyCount:          st.Notifies,
 		Detailed:             s.cfg.detailedMetrics,
 	}
 	if s.cfg.detailedMetrics {
-		in.CASSuccessTotal = s.casSuccess.Load() + ps.CASSuccess
-		in.CASFailureTotal = s.casFailure.Load() + ps.CASFailure
-		in.ReservationRetriesTotal = s.retries.Load() + ps.ReservationRetries
+		in.CASSuccessTotal = st.CASSuccess
+		in.CASFailureTotal = st.CASFailure
+		in.ReservationRetriesTotal = st.Retries
 		in.DrainRound = histogram(ps.DrainRound)
 		in.Memcpy = histogram(ps.Memcpy)
 		in.QueueDwell = histogram(ps.QueueDwell)
 	}
 	return in
-}
-
-// refused returns the connections the acceptor refused, if there is one.
-func (s *Server) refused() uint64 {
-	if a := s.accepting.Load(); a != nil {
-		return a.Refused()
-	}
-	return 0
-}
-
-// authFailures returns the connections refused in authentication.
-func (s *Server) authFailures() uint64 {
-	if a := s.accepting.Load(); a != nil {
-		return a.AuthFailures()
-	}
-	return 0
 }
 
 func histogram(h hist.Summary) Histogram {
@@ -451,13 +380,11 @@ func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		s.startMu.Lock()
 		s.closed.Store(true)
-		if s.acceptor != nil {
-			s.closeErr = s.acceptor.Close()
-		}
 		s.startMu.Unlock()
 		s.ring.Close() // wakes the consumer and every writer waiting for space
-		// Closes every connection: their clients see the connection end.
-		s.closeErr = errors.Join(s.closeErr, s.pool.Close())
+		// Stops accepting and closes every connection: their clients see
+		// the connection end.
+		s.closeErr = s.pool.Close()
 		// Writers woken by ring.Close leave within a copy's time.
 		for s.writers.Load() != 0 {
 			runtime.Gosched()

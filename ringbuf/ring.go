@@ -69,6 +69,9 @@ type Layout struct {
 	// LeafBytes is the size in bytes of each leaf of one sample, in flatten
 	// order. A leaf of zero bytes is allowed (an array with a zero dimension).
 	LeafBytes []int
+	// Detailed makes Claim count CAS successes, CAS failures and retries
+	// after a full ring (Stats). Off, they cost one predictable branch.
+	Detailed bool
 }
 
 // cursor is an absolute position on a cache line of its own: 8 bytes of value,
@@ -108,6 +111,7 @@ type Ring struct {
 	blockOff  []int  // offset of each leaf's block inside a slab
 	slabs     []slabState
 	memInfo   MemoryInfo
+	detailed  bool
 	ready     chan struct{} // capacity 1; a token means "some slab filled up"
 	done      chan struct{} // closed by Close
 	spaceMu   sync.Mutex    // guards spaceCond; see WaitSpace
@@ -134,6 +138,13 @@ type Ring struct {
 	closed atomic.Bool
 	_      [128]byte
 
+	// Writer counters, added by Claim, read by Stats. blocked counts claims
+	// that found the ring full; the others are kept only when detailed.
+	// Their own lines: a claim that adds to them must not disturb the
+	// cursors.
+	blocked, casSuccess, casFailure, retries atomic.Uint64
+	_                                        [96]byte
+
 	// Consumer-only state: written and read by the goroutine calling Next.
 	next    uint64 // number of batches handed out so far
 	holding bool   // whether batch next-1 is still held by the consumer
@@ -154,6 +165,7 @@ func New(l Layout) (*Ring, error) {
 		batch:     uint64(l.BatchSize),
 		numSlabs:  uint64(l.NumSlabs),
 		leafBytes: append([]int(nil), l.LeafBytes...),
+		detailed:  l.Detailed,
 		blockOff:  make([]int, len(l.LeafBytes)),
 		ready:     make(chan struct{}, 1),
 		done:      make(chan struct{}),
@@ -258,6 +270,47 @@ func (r *Ring) Reserve(want int) (res Reservation, casFailures int, ok bool) {
 	}
 }
 
+// Claim is the one writer loop: it reserves up to want slots (Reserve),
+// waiting while the ring is full (WaitSpace), and keeps the writer
+// counters. onFull, when not nil, runs once before the first wait: an
+// ingress worker flushes the acks it owes there, so that a client bounded
+// by its in-flight window learns of the samples already in the ring. Claim
+// returns ErrClosed once the ring is closed. Every reservation it returns
+// must be committed.
+//
+// Claim may be called by any number of writers at once.
+func (r *Ring) Claim(want int, onFull func()) (Reservation, error) {
+	blocked := false
+	for {
+		res, fails, ok := r.Reserve(want)
+		if r.detailed && fails > 0 {
+			r.casFailure.Add(uint64(fails))
+		}
+		if ok {
+			if r.detailed {
+				r.casSuccess.Add(1)
+			}
+			return res, nil
+		}
+		if r.closed.Load() {
+			return Reservation{}, ErrClosed
+		}
+		if !blocked {
+			blocked = true
+			r.blocked.Add(1)
+			if onFull != nil {
+				onFull()
+			}
+		}
+		if r.detailed {
+			r.retries.Add(1)
+		}
+		if err := r.WaitSpace(); err != nil {
+			return Reservation{}, err
+		}
+	}
+}
+
 // Commit marks the reservation's slots as written. The writer whose commit
 // completes a batch wakes the consumer; Commit reports whether it did.
 func (r *Ring) Commit(res Reservation) (completed bool) {
@@ -357,12 +410,21 @@ type Stats struct {
 	Notifies uint64
 	// Batches is the number of batches handed out.
 	Batches uint64
+	// Blocked counts the claims that found the ring full and waited.
+	Blocked uint64
+	// CASSuccess, CASFailure and Retries count successful reservations,
+	// reservation CASes lost to another writer, and reservations retried
+	// after a full ring; zero unless the layout is Detailed.
+	CASSuccess, CASFailure, Retries uint64
 }
 
 // Stats returns a snapshot of the counters. Consumer only (it reads the
 // consumer's state), between calls of Next.
 func (r *Ring) Stats() Stats {
-	st := Stats{Notifies: r.notifies.Load(), Batches: r.next}
+	st := Stats{
+		Notifies: r.notifies.Load(), Batches: r.next, Blocked: r.blocked.Load(),
+		CASSuccess: r.casSuccess.Load(), CASFailure: r.casFailure.Load(), Retries: r.retries.Load(),
+	}
 	held := uint64(math.MaxUint64)
 	if r.holding {
 		held = (r.next - 1) % r.numSlabs

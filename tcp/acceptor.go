@@ -9,11 +9,11 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/seed-a9ef92a1/echo/ingress"
+	"github.com/seed-a9ef92a1/echo/internal/poller"
+	"github.com/seed-a9ef92a1/echo/internal/sockio"
 	"github.com/seed-a9ef92a1/echo/wire"
 )
 
@@ -23,53 +23,51 @@ import (
 // would spin.
 const acceptPause = 10 * time.Millisecond
 
-// Config configures an Acceptor.
-type Config struct {
-	// Logger gets a Warn record for each connection refused (nil: no
-	// logs).
-	Logger *slog.Logger
-	// MaxConns caps the connections open at once, served or
-	// authenticating (0: no cap).
+// DefaultPrologueTimeout is the time a peer has for its prologue (answering
+// the challenge, taking the handshake): ample for a round trip across the
+// world, short for a connection that only holds a descriptor.
+const DefaultPrologueTimeout = 5 * time.Second
+
+// ServeConfig configures the acceptor that Serve starts.
+type ServeConfig struct {
+	// MaxConns caps the connections open at once, served or in their
+	// prologue (0: no cap).
 	MaxConns int
 	// Secret, when set, makes every connection authenticate with it (see
-	// package wire) before it is handed to the pool. At least
-	// wire.MinSecretLen bytes.
+	// package wire) before it is served. At least wire.MinSecretLen bytes.
 	Secret []byte
-	// AuthTimeout is how long a connection may take to authenticate;
-	// 0 means DefaultAuthTimeout.
-	AuthTimeout time.Duration
+	// PrologueTimeout is how long a connection may take over its
+	// prologue; 0 means DefaultPrologueTimeout.
+	PrologueTimeout time.Duration
 }
 
-// DefaultAuthTimeout is the time a peer has to answer the challenge: ample
-// for a round trip across the world, short for a connection that only
-// holds a descriptor.
-const DefaultAuthTimeout = 5 * time.Second
-
-// Acceptor accepts connections on a set of listeners and hands them to an
-// ingress pool, after authenticating them when a secret is set. It runs one
-// goroutine, parked in epoll_wait on the listeners, the connections
-// authenticating and an eventfd that Close writes.
+// acceptor accepts connections on a set of listeners and runs each one's
+// prologue: with a secret, the challenge, the peer's response and the
+// server's proof; then the handshake. Only then does the connection go to
+// a worker. It is the one owner of the prologue: the workers never see a
+// connection before it.
 //
-// An authenticating connection never reaches the pool: until its proof
-// checks out it is only a descriptor and 120 bytes here, and it touches no
-// ring slot.
-type Acceptor struct {
-	pool *ingress.Pool
-	cfg  Config
-	log  *slog.Logger // nil: no logs
-	// refused counts connections closed before they were served: over
-	// MaxConns, or failing authentication. authFailed counts the latter.
-	// Written by the loop, read by anyone.
+// A connection in its prologue is only a descriptor and a few hundred bytes
+// here, and it touches no ring slot. Its loop runs on one goroutine, parked
+// in its poller on the listeners and the connections in their prologue.
+type acceptor struct {
+	pool   *Pool
+	cfg    ServeConfig
+	log    *slog.Logger // nil: no logs
+	poller *poller.Poller
+	// refused counts connections closed before they were served;
+	// authFailed those refused in authentication. Written by the loop,
+	// read by Stats.
 	refused    atomic.Uint64
 	authFailed atomic.Uint64
 	listeners  []*Listener
-	epfd, efd  int
+	closing    atomic.Bool
 	done       chan struct{} // closed when the loop has exited
 
-	// Connections authenticating, loop only: by descriptor, and in the
+	// Connections in their prologue, loop only: by descriptor, and in the
 	// order of their deadlines (every one gets the same timeout).
-	authing map[int]*authConn
-	queue   []*authConn
+	pending map[int]*prologue
+	queue   []*prologue
 
 	closeOnce sync.Once
 	closeErr  error
@@ -78,128 +76,129 @@ type Acceptor struct {
 	err error // the first error the loop could not handle
 }
 
-// authConn is a connection in the middle of authenticating.
-type authConn struct {
+// prologue is a connection between accept and its hand-over to a worker.
+type prologue struct {
 	fd       int
 	l        *Listener // accepted it
 	peer     string
 	deadline time.Time
-	nonce    wire.Nonce
-	resp     [wire.ResponseLen]byte
-	n        int  // bytes of resp read
-	gone     bool // authenticated or refused; still in queue
+	// authing: the challenge went out and the response is awaited in
+	// resp (n bytes so far).
+	authing bool
+	nonce   wire.Nonce
+	resp    [wire.ResponseLen]byte
+	n       int
+	// out is what is left to write: the challenge, or the proof and the
+	// handshake.
+	out  []byte
+	gone bool // served or refused; still in queue
 }
 
-// authPad marks an authenticating connection's epoll events.
-const authPad = -1
+// prologueTag marks the epoll events of a connection in its prologue;
+// listeners are tagged with their index + 1.
+const prologueTag = -1
 
-// Serve starts accepting on listeners. The Acceptor owns the listeners from
-// now on, even when Serve fails.
-func Serve(pool *ingress.Pool, listeners []*Listener, cfg Config) (*Acceptor, error) {
+// Serve starts accepting on listeners and feeding the workers. The pool owns
+// the listeners from now on, even when Serve fails; Close stops them.
+func (p *Pool) Serve(listeners []*Listener, cfg ServeConfig) error {
+	closeAll := func(err error) error {
+		for _, l := range listeners {
+			err = errors.Join(err, l.Close())
+		}
+		return err
+	}
 	if cfg.Secret != nil {
 		if err := wire.CheckSecret(cfg.Secret); err != nil {
-			errs := []error{err}
-			for _, l := range listeners {
-				errs = append(errs, l.close())
-			}
-			return nil, errors.Join(errs...)
+			return closeAll(err)
 		}
 		cfg.Secret = append([]byte(nil), cfg.Secret...)
 	}
-	if cfg.AuthTimeout <= 0 {
-		cfg.AuthTimeout = DefaultAuthTimeout
+	if cfg.PrologueTimeout <= 0 {
+		cfg.PrologueTimeout = DefaultPrologueTimeout
 	}
-	a := &Acceptor{
-		pool: pool, cfg: cfg, log: cfg.Logger, listeners: listeners, epfd: -1, efd: -1,
-		done: make(chan struct{}), authing: make(map[int]*authConn),
+	pl, err := poller.New(maxEvents)
+	if err != nil {
+		return closeAll(err)
 	}
-	fail := func(err error) (*Acceptor, error) {
-		close(a.done)
-		return nil, errors.Join(err, a.closeFDs())
-	}
-	var err error
-	if a.epfd, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
-		a.epfd = -1
-		return fail(os.NewSyscallError("epoll_create1", err))
-	}
-	if a.efd, err = unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC); err != nil {
-		a.efd = -1
-		return fail(os.NewSyscallError("eventfd", err))
-	}
-	// Pad carries the listener's index + 1; 0 is the eventfd, authPad an
-	// authenticating connection.
-	if err := unix.EpollCtl(a.epfd, unix.EPOLL_CTL_ADD, a.efd,
-		&unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(a.efd)}); err != nil {
-		return fail(os.NewSyscallError("epoll_ctl add", err))
+	a := &acceptor{
+		pool: p, cfg: cfg, log: p.log, poller: pl, listeners: listeners,
+		done: make(chan struct{}), pending: make(map[int]*prologue),
 	}
 	for i, l := range listeners {
-		ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(l.fd), Pad: int32(i + 1)}
-		if err := unix.EpollCtl(a.epfd, unix.EPOLL_CTL_ADD, l.fd, &ev); err != nil {
-			return fail(os.NewSyscallError("epoll_ctl add", err))
+		if err := pl.Add(l.fd, unix.EPOLLIN, int32(i+1)); err != nil {
+			return closeAll(errors.Join(err, pl.Close()))
 		}
 	}
+	p.mu.Lock()
+	if p.closed.Load() || p.acceptor.Load() != nil {
+		p.mu.Unlock()
+		if p.closed.Load() {
+			err = ErrClosed
+		} else {
+			err = errors.New("tcp: pool already serving")
+		}
+		return closeAll(errors.Join(err, pl.Close()))
+	}
+	p.acceptor.Store(a)
+	p.mu.Unlock()
 	go a.run()
-	return a, nil
+	return nil
 }
 
-func (a *Acceptor) run() {
+func (a *acceptor) run() {
 	defer close(a.done)
-	events := make([]unix.EpollEvent, 256)
-	for {
-		n, err := unix.EpollWait(a.epfd, events, a.timeout())
-		if err == unix.EINTR {
-			continue
-		}
+	hasWork := a.closing.Load
+	for !a.closing.Load() {
+		events, err := a.poller.Park(hasWork, a.nextDeadline())
 		if err != nil {
 			// Close reports it; meanwhile keep trying, so that the
 			// listeners are not left open with nobody accepting.
-			a.fail(os.NewSyscallError("epoll_wait", err))
+			a.fail(err)
 			time.Sleep(acceptPause)
 			continue
 		}
-		for _, ev := range events[:n] {
-			switch {
-			case ev.Pad == 0:
-				return // Close
-			case ev.Pad == authPad:
-				if c := a.authing[int(ev.Fd)]; c != nil {
-					a.authRead(c)
+		for _, ev := range events {
+			if ev.Pad == prologueTag {
+				if c := a.pending[int(ev.Fd)]; c != nil {
+					a.advance(c)
 				}
-			default:
-				a.acceptAll(a.listeners[ev.Pad-1])
+				continue
 			}
+			a.acceptAll(a.listeners[ev.Pad-1])
 		}
 		a.expire(time.Now())
 	}
 }
 
-// timeout is epoll_wait's timeout: until the first authentication deadline,
-// or forever.
-func (a *Acceptor) timeout() int {
+// nextDeadline is the first prologue deadline, or the zero time.
+func (a *acceptor) nextDeadline() time.Time {
 	for len(a.queue) > 0 && a.queue[0].gone {
 		a.queue[0] = nil
 		a.queue = a.queue[1:]
 	}
 	if len(a.queue) == 0 {
-		return -1
+		return time.Time{}
 	}
-	d := time.Until(a.queue[0].deadline)
-	return int(max(0, (d+time.Millisecond-1)/time.Millisecond))
+	return a.queue[0].deadline
 }
 
-// expire refuses the connections whose time to authenticate is over.
-func (a *Acceptor) expire(now time.Time) {
+// expire refuses the connections whose time for their prologue is over.
+func (a *acceptor) expire(now time.Time) {
 	for len(a.queue) > 0 && (a.queue[0].gone || !now.Before(a.queue[0].deadline)) {
 		if c := a.queue[0]; !c.gone {
-			a.refuseAuth(c, "authentication timed out", "after", a.cfg.AuthTimeout)
+			reason := "handshake timed out"
+			if c.authing {
+				reason = "authentication timed out"
+			}
+			a.refusePending(c, reason, "after", a.cfg.PrologueTimeout)
 		}
 		a.queue[0] = nil
 		a.queue = a.queue[1:]
 	}
 }
 
-// acceptAll accepts every connection waiting on l.
-func (a *Acceptor) acceptAll(l *Listener) {
+// acceptAll accepts every connection waiting on l and starts its prologue.
+func (a *acceptor) acceptAll(l *Listener) {
 	for {
 		fd, _, err := unix.Accept4(l.fd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
 		switch err {
@@ -221,121 +220,115 @@ func (a *Acceptor) acceptAll(l *Listener) {
 			return
 		}
 		peer := peerName(fd)
-		if a.cfg.MaxConns > 0 && a.pool.ActiveConnections()+len(a.authing) >= a.cfg.MaxConns {
+		if a.cfg.MaxConns > 0 && a.pool.ActiveConnections()+len(a.pending) >= a.cfg.MaxConns {
 			// Closed before the handshake: the peer's connect succeeds,
 			// its read of the handshake meets the end of the stream.
 			a.refuse(fd, peer, false, "max connections", "max", a.cfg.MaxConns)
 			continue
 		}
+		c := &prologue{fd: fd, l: l, peer: peer, deadline: time.Now().Add(a.cfg.PrologueTimeout)}
 		if a.cfg.Secret != nil {
-			// Prepared once authenticated: SO_RCVLOWAT at a sample's
-			// size would hide a response shorter than one.
-			a.challenge(fd, l, peer)
-			continue
+			rand.Read(c.nonce[:]) // never fails: crypto/rand crashes the program first
+			c.authing = true
+			c.out = wire.AppendChallenge(make([]byte, 0, wire.ChallengeLen), &c.nonce)
+		} else {
+			c.out = a.pool.handshake
 		}
-		if err := a.serve(fd, l, peer); errors.Is(err, ingress.ErrClosed) {
-			return // AddConn closed fd
+		if a.advance(c) && !c.gone {
+			// Waiting on the peer: watch it until its deadline.
+			if err := a.poller.Add(fd, unix.EPOLLIN|unix.EPOLLOUT|unix.EPOLLRDHUP|unix.EPOLLET, prologueTag); err != nil {
+				a.refuse(fd, peer, false, "cannot watch", "err", err)
+				a.fail(err)
+				continue
+			}
+			a.pending[fd] = c
+			a.queue = append(a.queue, c)
 		}
-		// Any other error is this peer's alone (it left before its
-		// handshake); AddConn closed its fd.
 	}
 }
 
-// serve prepares fd for its listener and hands it to the pool. Errors are
-// the connection's own and closed it, except ingress.ErrClosed.
-func (a *Acceptor) serve(fd int, l *Listener, peer string) error {
-	gated, err := l.prepare(fd, a.pool.Payload())
-	if err != nil {
-		if a.log != nil {
-			a.log.Warn("echo: connection refused", "peer", peer, "reason", err)
+// advance moves c's prologue as far as the socket allows: it writes what
+// is pending, reads the response, checks it, and hands c to the pool once
+// the handshake is out. It returns true while c waits on its peer;
+// false once c was served or refused.
+func (a *acceptor) advance(c *prologue) bool {
+	for {
+		for len(c.out) > 0 {
+			n, err := sockio.Write(c.fd, c.out)
+			if err != nil {
+				a.refusePending(c, "left during its prologue", "err", err)
+				return false
+			}
+			if n == 0 {
+				return true // the EPOLLOUT edge brings c back
+			}
+			c.out = c.out[n:]
 		}
-		unix.Close(fd) // the peer sees the connection close
-		return err
+		if !c.authing {
+			a.serve(c)
+			return false
+		}
+		for c.n < len(c.resp) {
+			n, err := sockio.Read(c.fd, c.resp[c.n:])
+			if err != nil {
+				a.refusePending(c, "left during authentication", "bytes", c.n, "err", err)
+				return false
+			}
+			if n == 0 {
+				return true // the EPOLLIN edge brings c back
+			}
+			c.n += n
+		}
+		// Bytes after the response stay in the socket for the worker.
+		client, err := wire.VerifyResponse(c.resp[:], a.cfg.Secret, &c.nonce)
+		if err != nil {
+			a.refusePending(c, "authentication failed")
+			return false
+		}
+		proof := wire.ServerProof(a.cfg.Secret, &c.nonce, &client)
+		c.authing = false
+		c.out = append(append(make([]byte, 0, len(proof)+len(a.pool.handshake)), proof[:]...), a.pool.handshake...)
 	}
-	return a.pool.AddConn(fd, gated, peer)
 }
 
-// challenge sends a new connection its challenge and waits for the answer.
-func (a *Acceptor) challenge(fd int, l *Listener, peer string) {
-	c := &authConn{fd: fd, l: l, peer: peer, deadline: time.Now().Add(a.cfg.AuthTimeout)}
-	rand.Read(c.nonce[:]) // never fails: crypto/rand crashes the program first
-	msg := wire.AppendChallenge(make([]byte, 0, wire.ChallengeLen), &c.nonce)
-	// A new socket's send buffer is empty: the challenge goes whole, or the
-	// peer is gone.
-	if n, err := ingress.WriteSome(fd, msg); err != nil || n < len(msg) {
-		a.refuse(fd, peer, true, "left before its challenge", "err", err)
-		return
-	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(fd), Pad: authPad}
-	if err := unix.EpollCtl(a.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
-		unix.Close(fd)
-		a.fail(os.NewSyscallError("epoll_ctl add", err))
-		return
-	}
-	a.authing[fd] = c
-	a.queue = append(a.queue, c)
-}
-
-// authRead reads what c's peer sent of its response and, once it is
-// whole, checks it: on success c goes to the pool with the server's proof
-// sent, otherwise it is closed. Bytes after the response stay in the
-// socket for the pool.
-func (a *Acceptor) authRead(c *authConn) {
-	n, err := unix.Read(c.fd, c.resp[c.n:])
-	switch {
-	case err == unix.EAGAIN || err == unix.EINTR:
-		return
-	case err != nil:
-		a.refuseAuth(c, "read failed", "err", os.NewSyscallError("read", err))
-		return
-	case n == 0:
-		a.refuseAuth(c, "left during authentication", "bytes", c.n)
-		return
-	}
-	c.n += n
-	if c.n < wire.ResponseLen {
-		return
-	}
-	client, err := wire.VerifyResponse(c.resp[:], a.cfg.Secret, &c.nonce)
-	if err != nil {
-		a.refuseAuth(c, "authentication failed")
-		return
-	}
+// serve ends c's prologue: it prepares the socket for its listener and
+// hands it to the pool.
+func (a *acceptor) serve(c *prologue) {
 	a.forget(c)
-	proof := wire.ServerProof(a.cfg.Secret, &c.nonce, &client)
-	if n, err := ingress.WriteSome(c.fd, proof[:]); err != nil || n < len(proof) {
-		unix.Close(c.fd)
-		if a.log != nil {
-			a.log.Debug("echo: connection left after authenticating", "peer", c.peer, "err", err)
-		}
+	gated, err := c.l.prepare(c.fd, a.pool.payload)
+	if err != nil {
+		a.refuse(c.fd, c.peer, false, "cannot prepare socket", "err", err)
 		return
 	}
-	// Errors closed the connection; the pool's closing is Close's to
-	// report.
-	a.serve(c.fd, c.l, c.peer)
+	// An error closed fd: the pool is closing, which Close reports.
+	_ = a.pool.addConn(c.fd, gated, c.peer)
 }
 
-// forget takes c out of the epoll set and the map; the queue drops it
-// lazily.
-func (a *Acceptor) forget(c *authConn) {
+// forget takes c out of the poller and the map; the queue drops it lazily.
+func (a *acceptor) forget(c *prologue) {
+	if c.gone {
+		return
+	}
 	c.gone = true
-	delete(a.authing, c.fd)
-	if err := unix.EpollCtl(a.epfd, unix.EPOLL_CTL_DEL, c.fd, nil); err != nil {
-		a.fail(os.NewSyscallError("epoll_ctl del", err))
+	if a.pending[c.fd] == c {
+		delete(a.pending, c.fd)
+		if err := a.poller.Delete(c.fd); err != nil {
+			a.fail(err)
+		}
 	}
 }
 
-// refuseAuth forgets c and refuses it.
-func (a *Acceptor) refuseAuth(c *authConn, reason string, attrs ...any) {
+// refusePending forgets c and refuses it.
+func (a *acceptor) refusePending(c *prologue, reason string, attrs ...any) {
 	a.forget(c)
-	a.refuse(c.fd, c.peer, true, reason, attrs...)
+	a.refuse(c.fd, c.peer, c.authing, reason, attrs...)
 }
 
 // refuse counts fd's refusal (as an authentication failure too when auth
 // is true), logs it once with its reason, and closes fd. The close comes
 // last, so that a peer that sees it finds the count and the log line
 // already there.
-func (a *Acceptor) refuse(fd int, peer string, auth bool, reason string, attrs ...any) {
+func (a *acceptor) refuse(fd int, peer string, auth bool, reason string, attrs ...any) {
 	a.refused.Add(1)
 	if auth {
 		a.authFailed.Add(1)
@@ -347,7 +340,7 @@ func (a *Acceptor) refuse(fd int, peer string, auth bool, reason string, attrs .
 }
 
 // fail records an error; Close returns the first one.
-func (a *Acceptor) fail(err error) {
+func (a *acceptor) fail(err error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.err == nil {
@@ -355,48 +348,29 @@ func (a *Acceptor) fail(err error) {
 	}
 }
 
-// Close stops accepting, waits for the loop to exit and closes the
-// listeners. Connections already accepted belong to the pool. Close is
-// idempotent.
-func (a *Acceptor) Close() error {
+// close stops accepting, waits for the loop to exit and closes the
+// listeners and the connections still in their prologue. Connections
+// already served belong to the workers. close is idempotent.
+func (a *acceptor) close() error {
 	a.closeOnce.Do(func() {
-		one := uint64(1)
-		_, err := unix.Write(a.efd, (*[8]byte)(unsafe.Pointer(&one))[:])
-		if err != nil {
-			a.closeErr = os.NewSyscallError("eventfd write", err)
-		} else {
-			<-a.done
-			// The loop is gone: the connections still authenticating
-			// are ours to close.
-			for fd := range a.authing {
-				unix.Close(fd)
-			}
-			clear(a.authing)
-			a.queue = nil
+		a.closing.Store(true)
+		a.poller.Wake()
+		<-a.done
+		for fd := range a.pending {
+			unix.Close(fd)
 		}
-		a.closeErr = errors.Join(a.closeErr, a.closeFDs())
+		clear(a.pending)
+		a.queue = nil
+		errs := []error{a.poller.Close()}
+		for _, l := range a.listeners {
+			errs = append(errs, l.Close())
+		}
 		a.mu.Lock()
-		a.closeErr = errors.Join(a.closeErr, a.err)
-		a.err = nil
+		errs = append(errs, a.err)
 		a.mu.Unlock()
+		a.closeErr = errors.Join(errs...)
 	})
 	return a.closeErr
-}
-
-// closeFDs closes the listeners, the eventfd and the epoll set.
-func (a *Acceptor) closeFDs() error {
-	var errs []error
-	for _, l := range a.listeners {
-		errs = append(errs, l.close())
-	}
-	if a.efd >= 0 {
-		errs = append(errs, wrap("close eventfd", unix.Close(a.efd)))
-	}
-	if a.epfd >= 0 {
-		errs = append(errs, wrap("close epoll", unix.Close(a.epfd)))
-	}
-	a.efd, a.epfd = -1, -1
-	return errors.Join(errs...)
 }
 
 // peerName is the remote address of a connected socket, for logs.
@@ -415,11 +389,3 @@ func peerName(fd int) string {
 	}
 	return "unknown"
 }
-
-// Refused returns the number of connections closed before they were
-// served: over MaxConns, or failing authentication.
-func (a *Acceptor) Refused() uint64 { return a.refused.Load() }
-
-// AuthFailures returns the number of connections refused because they did
-// not authenticate: a wrong proof, no answer in time, or leaving first.
-func (a *Acceptor) AuthFailures() uint64 { return a.authFailed.Load() }

@@ -1,13 +1,3 @@
-// Package tcp is the network side of the ingress: transports that open
-// listening sockets, and the acceptor that hands each accepted connection to
-// the ingress pool, whose epoll workers then own it (ingress/conn.go reads
-// samples straight into ring slots).
-//
-// Two transports share that code: TCP, for actors on other hosts, and
-// Unix-domain stream sockets, for actors on the same host. Both speak the
-// same wire protocol (package wire). With a shared secret the acceptor also
-// authenticates each connection (wire/auth.go) before the pool ever sees
-// it.
 package tcp
 
 import (
@@ -53,12 +43,53 @@ const listenBacklog = 4096
 // 4 MiB buffer collapse to 0.16 GB/s) and are staged instead.
 const gateFactor = 2
 
-// Transport opens a listening socket for the server's ingress.
-type Transport interface {
-	// Listen binds and listens for connections that will send samples of
-	// payload bytes, returning a non-blocking, close-on-exec listening
-	// socket.
-	Listen(payload int) (*Listener, error)
+// Transport says where a server listens for actors: a TCP address or a
+// Unix-domain socket path. Make one with TCP or Unix.
+type Transport struct {
+	network string // "tcp" or "unix"
+	addr    string
+	rcvbuf  int
+}
+
+// String returns the transport as Dial addresses it: "host:port", or
+// "unix:" and the path.
+func (t Transport) String() string {
+	if t.network == "unix" {
+		return "unix:" + t.addr
+	}
+	return t.addr
+}
+
+// Validate checks the address without binding it: a TCP address must
+// resolve, with a port; a Unix path must be non-empty and fit in a socket
+// address.
+func (t Transport) Validate() error {
+	switch t.network {
+	case "tcp":
+		if _, err := net.ResolveTCPAddr("tcp", t.addr); err != nil {
+			return fmt.Errorf("tcp: address %q: %w", t.addr, err)
+		}
+	case "unix":
+		// sun_path holds 108 bytes with the terminating NUL.
+		if t.addr == "" || len(t.addr) > 107 {
+			return fmt.Errorf("tcp: unix socket path %q: must be 1 to 107 bytes", t.addr)
+		}
+	default:
+		return fmt.Errorf("tcp: no transport (use TCP or Unix)")
+	}
+	return nil
+}
+
+// Listen binds and listens for connections that will send samples of
+// payload bytes, returning a non-blocking, close-on-exec listening socket.
+func (t Transport) Listen(payload int) (*Listener, error) {
+	if err := t.Validate(); err != nil {
+		return nil, err
+	}
+	if t.network == "unix" {
+		return listenUnix(t.addr)
+	}
+	return listenTCP(t.addr, t.rcvbuf, payload)
 }
 
 // Listener is a listening socket of some transport.
@@ -73,8 +104,9 @@ type Listener struct {
 // kernel chose, for port 0).
 func (l *Listener) Addr() net.Addr { return l.addr }
 
-// close closes the socket and removes what the transport left behind.
-func (l *Listener) close() error {
+// Close closes the socket and removes what the transport left behind.
+// Serve's listeners are the pool's to close.
+func (l *Listener) Close() error {
 	err := wrap("close listener", unix.Close(l.fd))
 	if l.cleanup != nil {
 		err = errors.Join(err, l.cleanup())
@@ -88,21 +120,16 @@ func (l *Listener) close() error {
 // actors. receiveBuffer is the SO_RCVBUF asked for each connection; zero
 // sizes it to the samples (see MinReceiveBuffer).
 func TCP(addr string, receiveBuffer int) Transport {
-	return tcpTransport{addr: addr, rcvbuf: receiveBuffer}
+	return Transport{network: "tcp", addr: addr, rcvbuf: receiveBuffer}
 }
 
-type tcpTransport struct {
-	addr   string
-	rcvbuf int
-}
-
-func (t tcpTransport) Listen(payload int) (*Listener, error) {
-	if t.rcvbuf <= 0 {
-		t.rcvbuf = min(max(2*payload, MinReceiveBuffer), MaxReceiveBuffer)
+func listenTCP(address string, rcvbuf, payload int) (*Listener, error) {
+	if rcvbuf <= 0 {
+		rcvbuf = min(max(2*payload, MinReceiveBuffer), MaxReceiveBuffer)
 	}
-	ta, err := net.ResolveTCPAddr("tcp", t.addr)
+	ta, err := net.ResolveTCPAddr("tcp", address)
 	if err != nil {
-		return nil, fmt.Errorf("tcp: listen %q: %w", t.addr, err)
+		return nil, fmt.Errorf("tcp: listen %q: %w", address, err)
 	}
 	var fd int
 	var sa unix.Sockaddr
@@ -135,11 +162,11 @@ func (t tcpTransport) Listen(payload int) (*Listener, error) {
 		if fd > 0 {
 			unix.Close(fd)
 		}
-		return nil, fmt.Errorf("tcp: listen %q: %w", t.addr, err)
+		return nil, fmt.Errorf("tcp: listen %q: %w", address, err)
 	}
 	err = errors.Join(
 		wrap("setsockopt SO_REUSEADDR", unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)),
-		wrap("setsockopt SO_RCVBUF", unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, t.rcvbuf)))
+		wrap("setsockopt SO_RCVBUF", unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, rcvbuf)))
 	if err == nil {
 		err = wrap("bind", unix.Bind(fd, sa))
 	}
@@ -153,7 +180,7 @@ func (t tcpTransport) Listen(payload int) (*Listener, error) {
 	}
 	if err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("tcp: listen %q: %w", t.addr, err)
+		return nil, fmt.Errorf("tcp: listen %q: %w", address, err)
 	}
 	var addr *net.TCPAddr
 	switch b := bound.(type) {
@@ -165,10 +192,13 @@ func (t tcpTransport) Listen(payload int) (*Listener, error) {
 	return &Listener{fd: fd, addr: addr, prepare: prepareTCP}, nil
 }
 
-// prepareTCP configures an accepted TCP socket: no Nagle delay on acks, and
-// the whole-sample gate when the inherited receive buffer holds gateFactor
-// samples.
+// prepareTCP configures an accepted TCP socket: urgent data inline, no
+// Nagle delay on acks, and the whole-sample gate when the inherited receive
+// buffer holds gateFactor samples.
 func prepareTCP(fd, payload int) (bool, error) {
+	if err := oobInline(fd); err != nil {
+		return false, err
+	}
 	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
 		return false, wrap("setsockopt TCP_NODELAY", err)
 	}
@@ -193,17 +223,15 @@ func prepareTCP(fd, payload int) (bool, error) {
 
 // Unix returns a transport listening on a Unix-domain stream socket at
 // path. Listen fails if path exists; closing the listener removes it.
-func Unix(path string) Transport { return unixTransport{path: path} }
+func Unix(path string) Transport { return Transport{network: "unix", addr: path} }
 
-type unixTransport struct{ path string }
-
-func (t unixTransport) Listen(int) (*Listener, error) {
+func listenUnix(path string) (*Listener, error) {
 	fd, err := socket(unix.AF_UNIX)
 	if err == nil {
-		err = wrap("bind", unix.Bind(fd, &unix.SockaddrUnix{Name: t.path}))
+		err = wrap("bind", unix.Bind(fd, &unix.SockaddrUnix{Name: path}))
 		if err == nil {
 			if err = wrap("listen", unix.Listen(fd, listenBacklog)); err != nil {
-				os.Remove(t.path)
+				os.Remove(path)
 			}
 		}
 		if err != nil {
@@ -211,13 +239,13 @@ func (t unixTransport) Listen(int) (*Listener, error) {
 		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("tcp: listen unix %q: %w", t.path, err)
+		return nil, fmt.Errorf("tcp: listen unix %q: %w", path, err)
 	}
 	return &Listener{
 		fd:      fd,
-		addr:    &net.UnixAddr{Name: t.path, Net: "unix"},
+		addr:    &net.UnixAddr{Name: path, Net: "unix"},
 		prepare: prepareUnix,
-		cleanup: func() error { return os.Remove(t.path) },
+		cleanup: func() error { return os.Remove(path) },
 	}, nil
 }
 
@@ -225,11 +253,21 @@ func (t unixTransport) Listen(int) (*Listener, error) {
 // charges queued bytes to the sender's send buffer, so the gate assumes the
 // peer's is the default, the same size as this end's.
 func prepareUnix(fd, payload int) (bool, error) {
+	if err := oobInline(fd); err != nil {
+		return false, err
+	}
 	buf, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF)
 	if err != nil {
 		return false, wrap("getsockopt SO_SNDBUF", err)
 	}
 	return gateFactor*payload <= buf/2, nil
+}
+
+// oobInline keeps out-of-band bytes in the stream: with SO_OOBINLINE off,
+// TCP's urgent byte stops FIONREAD at its mark and an AF_UNIX MSG_OOB byte
+// is counted by FIONREAD but skipped by readv. Peers are untrusted.
+func oobInline(fd int) error {
+	return wrap("setsockopt SO_OOBINLINE", unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_OOBINLINE, 1))
 }
 
 // socket makes a non-blocking, close-on-exec stream socket.
@@ -249,5 +287,3 @@ func wrap(name string, err error) error {
 	return os.NewSyscallError(name, err)
 }
 
-// Close closes a listener that was never handed to Serve.
-func (l *Listener) Close() error { return l.close() }

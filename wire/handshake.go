@@ -28,6 +28,8 @@ import (
 	"fmt"
 	"math"
 	"slices"
+
+	"github.com/seed-a9ef92a1/echo/pytree"
 )
 
 // Protocol constants.
@@ -475,4 +477,18 @@ func build(b []byte, numArrays, numDims int) Handshake {
 		arrays[i] = ArraySpec{DTypeSize: dtype, Shape: shape}
 	}
 	return Handshake{Version: b[len(Magic)], Arrays: arrays}
+}
+
+// HandshakeOf describes samples of spec on the wire (version 1): every
+// leaf's dtype size and shape, in flatten order. It fails for a spec whose
+// payload overflows.
+func HandshakeOf(spec *pytree.Spec) (Handshake, error) {
+	h := Handshake{Version: Version1}
+	for _, l := range spec.Leaves() {
+		h.Arrays = append(h.Arrays, ArraySpec{DTypeSize: l.DType.Size(), Shape: l.Shape})
+	}
+	if _, err := h.PayloadSize(Limits{MaxPayload: math.MaxInt64}); err != nil {
+		return h, err
+	}
+	return h, nil
 }

@@ -34,8 +34,8 @@ import (
 	"time"
 
 	"github.com/seed-a9ef92a1/echo"
-	"github.com/seed-a9ef92a1/echo/integrity"
-	"github.com/seed-a9ef92a1/echo/loadgen"
+	"github.com/seed-a9ef92a1/echo/bench/integrity"
+	"github.com/seed-a9ef92a1/echo/bench/loadgen"
 )
 
 func main() {

@@ -9,7 +9,7 @@ import (
 	"github.com/klauspost/cpuid/v2"
 	"golang.org/x/sys/unix"
 
-	"github.com/seed-a9ef92a1/echo/loadgen"
+	"github.com/seed-a9ef92a1/echo/bench/loadgen"
 )
 
 // machine names the machine the suite ran on.

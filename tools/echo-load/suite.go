@@ -21,9 +21,9 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/seed-a9ef92a1/echo"
-	"github.com/seed-a9ef92a1/echo/integrity"
+	"github.com/seed-a9ef92a1/echo/bench/integrity"
 	"github.com/seed-a9ef92a1/echo/internal/readme"
-	"github.com/seed-a9ef92a1/echo/loadgen"
+	"github.com/seed-a9ef92a1/echo/bench/loadgen"
 	"github.com/seed-a9ef92a1/echo/wire"
 )
 

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/seed-a9ef92a1/echo"
-	"github.com/seed-a9ef92a1/echo/integrity"
+	"github.com/seed-a9ef92a1/echo/bench/integrity"
 )
 
 // expectOutcomes fails t unless every attempt of a came out as want.

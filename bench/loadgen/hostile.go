@@ -19,7 +19,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/seed-a9ef92a1/echo/integrity"
+	"github.com/seed-a9ef92a1/echo/bench/integrity"
 	"github.com/seed-a9ef92a1/echo/wire"
 )
 

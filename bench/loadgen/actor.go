@@ -24,7 +24,7 @@ import (
 	"unsafe"
 
 	"github.com/seed-a9ef92a1/echo"
-	"github.com/seed-a9ef92a1/echo/integrity"
+	"github.com/seed-a9ef92a1/echo/bench/integrity"
 	"github.com/seed-a9ef92a1/echo/pytree"
 	"github.com/seed-a9ef92a1/echo/wire"
 )

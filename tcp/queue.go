@@ -1,4 +1,4 @@
-package ingress
+package tcp
 
 import (
 	"runtime"
@@ -6,11 +6,6 @@ import (
 
 	"github.com/seed-a9ef92a1/echo/spsc"
 )
-
-// spinRounds is how many times Acquire yields before it parks: long enough
-// to ride out a worker's round on a busy machine, short enough that a
-// producer facing a full ring stops burning a core within microseconds.
-const spinRounds = 64
 
 // producerSpins is how many times Acquire yields before parking. Fewer
 // than a worker: many producers yielding would starve the workers they
@@ -35,7 +30,7 @@ type Buffer struct {
 type Queue struct {
 	filled *spsc.Queue[*Buffer] // producer pushes, worker pops
 	free   *spsc.Queue[*Buffer] // worker pushes, producer pops
-	worker *Worker
+	worker *worker
 	pool   *Pool
 
 	// closed is set by the producer's Close after its last Publish; the
@@ -98,16 +93,16 @@ func (q *Queue) Publish(b *Buffer) {
 		b.enqueued = q.pool.now()
 	}
 	if !q.filled.Push(b) {
-		panic("ingress: queue full with a buffer in hand")
+		panic("tcp: queue full with a buffer in hand")
 	}
-	q.worker.wake()
+	q.worker.poller.Wake()
 }
 
 // Close tells the worker that no more samples come; those already published
 // are still delivered. Producer only, once.
 func (q *Queue) Close() {
 	q.closed.Store(true)
-	q.worker.wake()
+	q.worker.poller.Wake()
 }
 
 // Len returns the number of samples waiting in the queue.
@@ -117,7 +112,7 @@ func (q *Queue) Len() int { return q.filled.Len() }
 func (q *Queue) recycle(b *Buffer) {
 	b.enqueued = 0
 	if !q.free.Push(b) {
-		panic("ingress: free list overflow")
+		panic("tcp: free list overflow")
 	}
 	if q.waiting.Load() && q.waiting.CompareAndSwap(true, false) {
 		select {

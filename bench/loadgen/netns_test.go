@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/seed-a9ef92a1/echo"
-	"github.com/seed-a9ef92a1/echo/integrity"
+	"github.com/seed-a9ef92a1/echo/bench/integrity"
 )
 
 // requireNetnsEnv, set (as .ci/run sets it), turns the namespace test's

@@ -1,16 +1,14 @@
-package ingress
+package tcp
 
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
-	"os"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/seed-a9ef92a1/echo/internal/sockio"
 	"github.com/seed-a9ef92a1/echo/ringbuf"
 )
 
@@ -31,13 +29,13 @@ import (
 //     Unix sockets also each time the peer reads, which costs a turn that
 //     finds nothing.
 //
-// A full ring blocks the worker in ringbuf.WaitSpace. Reading stops, the
+// A full ring blocks the worker in ringbuf.Claim. Reading stops, the
 // receive buffers fill, and TCP's flow control pushes back on every client
 // of the worker, which is the behaviour wanted; the consumer's release wakes
 // the worker and reading resumes where it stopped.
 
 // iovMax is the most iovecs one readv takes (IOV_MAX on Linux).
-const iovMax = 1024
+const iovMax = sockio.MaxIovecs
 
 // turnSamples bounds the samples one connection delivers per turn, so that
 // a client streaming faster than the worker drains cannot starve the
@@ -79,7 +77,6 @@ type conn struct {
 
 	peer       string // the remote address, for logs
 	samples    uint64 // samples delivered, for logs
-	out        []byte // handshake bytes not yet written
 	owed       int    // acks owed to the peer and not yet written
 	peerClosed bool   // EPOLLRDHUP, EPOLLHUP or EPOLLERR seen
 	inBacklog  bool
@@ -90,33 +87,14 @@ type conn struct {
 	depth int
 }
 
-// AddConn sends the handshake on an accepted, non-blocking, connected
-// stream socket and hands it to the worker with the fewest connections,
-// which moves its samples into the ring from then on. gated says whether
-// the socket can buffer two whole samples or more (see the tcp package), in
-// which case samples wait in the kernel until whole and are read straight
-// into their slots. The pool owns fd from now on, even when AddConn fails.
-//
-// The handshake goes out here, on the caller's goroutine, because a worker
-// may be waiting for the learner to free ring space: a new actor must not
-// wait with it to learn what to send. A fresh socket takes a handshake of
-// any usual size whole; what does not fit is left for the worker.
-func (p *Pool) AddConn(fd int, gated bool, peer string) error {
-	c := &conn{fd: fd, gated: gated, out: p.handshake, peer: peer}
-	for len(c.out) > 0 {
-		n, err := WriteSome(fd, c.out)
-		if err != nil {
-			unix.Close(fd) // the peer left already
-			if p.log != nil {
-				p.log.Debug("echo: connection left before its handshake", "peer", peer, "reason", err)
-			}
-			return fmt.Errorf("handshake: %w", err)
-		}
-		if n == 0 {
-			break // the worker writes the rest
-		}
-		c.out = c.out[n:]
-	}
+// addConn hands an accepted socket whose prologue is done (see
+// acceptor.go) to the worker with the fewest connections, which moves its
+// samples into the ring from then on. gated says whether the socket can
+// buffer two whole samples or more (see transport.go), in which case
+// samples wait in the kernel until whole and are read straight into their
+// slots. The pool owns fd from now on, even when addConn fails.
+func (p *Pool) addConn(fd int, gated bool, peer string) error {
+	c := &conn{fd: fd, gated: gated, peer: peer}
 	if !gated {
 		c.stage = make([]byte, p.payload)
 	}
@@ -127,14 +105,12 @@ func (p *Pool) AddConn(fd int, gated bool, peer string) error {
 		return ErrClosed
 	}
 	w := p.workers[0]
-	for _, c := range p.workers {
-		if c.nconns < w.nconns {
-			w = c
+	for _, o := range p.workers {
+		if o.nconns.Load() < w.nconns.Load() {
+			w = o
 		}
 	}
-	w.nconns++
-	p.conns[c] = w
-	p.active.Add(1)
+	w.nconns.Add(1)
 	w.adoptMu.Lock()
 	w.adoptConns = append(w.adoptConns, c)
 	w.hasAdopt.Store(true)
@@ -143,18 +119,12 @@ func (p *Pool) AddConn(fd int, gated bool, peer string) error {
 	if p.log != nil {
 		p.log.Debug("echo: connection opened", "peer", peer, "gated", gated)
 	}
-	w.wake()
+	w.poller.Wake()
 	return nil
 }
 
-// ActiveConnections returns the number of connections open now.
-func (p *Pool) ActiveConnections() int { return int(p.active.Load()) }
-
-// Payload returns the bytes of one sample.
-func (p *Pool) Payload() int { return p.payload }
-
-// adoptConn registers c in the worker's epoll set and starts the handshake.
-func (w *Worker) adoptConn(c *conn) {
+// adoptConn registers c in the worker's epoll set.
+func (w *worker) adoptConn(c *conn) {
 	if n := len(w.freeSlots); n > 0 {
 		c.slot = w.freeSlots[n-1]
 		w.freeSlots = w.freeSlots[:n-1]
@@ -163,20 +133,10 @@ func (w *Worker) adoptConn(c *conn) {
 		c.slot = len(w.conns)
 		w.conns = append(w.conns, c)
 	}
-	w.live++
-	ev := unix.EpollEvent{
-		Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET,
-		Fd:     int32(c.fd),
-		Pad:    int32(c.slot),
-	}
-	if err := unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, c.fd, &ev); err != nil {
-		err = os.NewSyscallError("epoll_ctl add", err)
+	events := uint32(unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET)
+	if err := w.poller.Add(c.fd, events, int32(c.slot)); err != nil {
 		w.drop(c, err)
 		w.pool.fail(err)
-		return
-	}
-	if err := w.flush(c); err != nil {
-		w.drop(c, err)
 	}
 	// Samples that arrived before the registration are reported by
 	// epoll_ctl's initial readiness check, as an event.
@@ -185,13 +145,13 @@ func (w *Worker) adoptConn(c *conn) {
 // drop closes c for reason (io.EOF: the peer closed; errServerClosed) and
 // forgets it. What c's peer sent and was not yet read is discarded with
 // the socket; a partial sample in stage is never committed.
-func (w *Worker) drop(c *conn, reason error) {
+func (w *worker) drop(c *conn, reason error) {
 	partial := c.staged
 	if reason == io.EOF {
 		// The peer closed with a partial sample unread. Read it out
 		// first: closing a socket with unread bytes sends a reset, which
 		// can destroy the acks for the whole samples before it.
-		partial += w.discard(c.fd)
+		partial += sockio.Drain(c.fd, w.scratch)
 	}
 	if p := w.pool; p.log != nil {
 		level, msg := slog.LevelDebug, "echo: connection closed"
@@ -205,25 +165,19 @@ func (w *Worker) drop(c *conn, reason error) {
 	if c.slot > 0 && w.conns[c.slot] == c {
 		w.conns[c.slot] = nil
 		w.freeSlots = append(w.freeSlots, c.slot)
-		w.live--
 	}
 	c.slot = 0
 	w.setDepth(c, 0)
 	unix.Close(c.fd) // removes it from the epoll set; nothing to report on failure
 	c.fd = -1
-	p := w.pool
-	p.mu.Lock()
-	delete(p.conns, c)
-	w.nconns--
-	p.mu.Unlock()
-	p.active.Add(-1)
+	w.nconns.Add(-1)
 }
 
 // setDepth records that c has d whole samples waiting, keeping the
 // worker's sum and maximum, which Stats reads without visiting every
 // connection: with 10,000 idle connections a walk over them per batch cost
 // the other actors a third of their rate.
-func (w *Worker) setDepth(c *conn, d int) {
+func (w *worker) setDepth(c *conn, d int) {
 	if d != c.depth {
 		w.connDepthSum.Add(int64(d - c.depth))
 		c.depth = d
@@ -233,25 +187,9 @@ func (w *Worker) setDepth(c *conn, d int) {
 	}
 }
 
-// discard reads and throws away what fd's receive queue holds (after the
-// peer's EOF, less than one sample) and returns how many bytes that was.
-func (w *Worker) discard(fd int) int {
-	n := 0
-	for {
-		k, err := unix.Read(fd, w.scratch[:])
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil || k <= 0 {
-			return n
-		}
-		n += k
-	}
-}
-
 // serveEvent handles one epoll event of a connection and returns the
 // number of samples it moved into the ring.
-func (w *Worker) serveEvent(c *conn, events uint32) (int, error) {
+func (w *worker) serveEvent(c *conn, events uint32) (int, error) {
 	if events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
 		c.peerClosed = true
 	}
@@ -262,7 +200,7 @@ func (w *Worker) serveEvent(c *conn, events uint32) (int, error) {
 // into the ring, writes their acks, and closes c once its peer has gone and
 // nothing whole is left. It returns ringbuf.ErrClosed when the ring closed
 // under it; every other error is c's alone and closes c.
-func (w *Worker) serve(c *conn) (int, error) {
+func (w *worker) serve(c *conn) (int, error) {
 	var moved int
 	var err error
 	if c.gated {
@@ -302,14 +240,15 @@ func (w *Worker) serve(c *conn) (int, error) {
 // readWhole is the gated path: FIONREAD says how many whole samples the
 // kernel holds; slots are claimed for them (never past a batch boundary),
 // and one readv scatters them straight into their slots.
-func (w *Worker) readWhole(c *conn) (int, error) {
+func (w *worker) readWhole(c *conn) (int, error) {
 	p := w.pool
 	moved := 0
 	for moved < turnSamples {
-		if err := w.queued(c.fd); err != nil {
+		inq, err := sockio.Queued(c.fd)
+		if err != nil {
 			return moved, err
 		}
-		k := int(w.inq) / p.payload
+		k := inq / p.payload
 		w.setDepth(c, k)
 		if k == 0 {
 			return moved, nil
@@ -340,19 +279,9 @@ func (w *Worker) readWhole(c *conn) (int, error) {
 	return moved, nil
 }
 
-// queued stores in w.inq the bytes waiting in fd's receive queue.
-func (w *Worker) queued(fd int) error {
-	// SIOCINQ (FIONREAD) writes an int: read it into a 32-bit field.
-	_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCINQ, uintptr(unsafe.Pointer(&w.inq)))
-	if e != 0 {
-		return os.NewSyscallError("ioctl FIONREAD", e)
-	}
-	return nil
-}
-
 // readInto reads res.N whole samples from fd into res's slots with as few
 // readv calls as IOV_MAX allows, and returns how many it read whole.
-func (w *Worker) readInto(fd int, res ringbuf.Reservation) (int, error) {
+func (w *worker) readInto(fd int, res ringbuf.Reservation) (int, error) {
 	p := w.pool
 	iov := w.iov[:0]
 	for k := range res.N {
@@ -368,15 +297,16 @@ func (w *Worker) readInto(fd int, res ringbuf.Reservation) (int, error) {
 	want := res.N * p.payload
 	done := 0
 	for len(iov) > 0 {
-		n, err := readv(fd, iov[:min(len(iov), iovMax)])
+		n, err := sockio.Readv(fd, iov)
+		if err == io.EOF || (err == nil && n == 0) {
+			// FIONREAD promised these bytes.
+			err = errShortRead
+		}
 		if err != nil {
 			return done / p.payload, err
 		}
-		if n == 0 {
-			return done / p.payload, errShortRead
-		}
 		done += n
-		iov = advance(iov, n)
+		iov = sockio.Advance(iov, n)
 	}
 	if done != want {
 		return done / p.payload, errShortRead
@@ -384,60 +314,24 @@ func (w *Worker) readInto(fd int, res ringbuf.Reservation) (int, error) {
 	return res.N, nil
 }
 
-// advance drops the first n bytes from iov.
-func advance(iov []unix.Iovec, n int) []unix.Iovec {
-	for n > 0 && len(iov) > 0 {
-		if uint64(n) < iov[0].Len {
-			iov[0].Base = (*byte)(unsafe.Add(unsafe.Pointer(iov[0].Base), n))
-			iov[0].Len -= uint64(n)
-			return iov
-		}
-		n -= int(iov[0].Len)
-		iov = iov[1:]
-	}
-	return iov
-}
-
-// readv is one readv(2) without the allocation of unix.Readv. EINTR is
-// retried. EAGAIN is an error here: the caller asked only for bytes the
-// kernel said it holds.
-func readv(fd int, iov []unix.Iovec) (int, error) {
-	for {
-		n, _, e := unix.Syscall(unix.SYS_READV, uintptr(fd), uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
-		switch e {
-		case 0:
-			return int(n), nil
-		case unix.EINTR:
-			continue
-		case unix.EAGAIN:
-			return 0, errShortRead
-		default:
-			return 0, os.NewSyscallError("readv", e)
-		}
-	}
-}
-
 // readStaged is the path for samples too large to wait whole in the
 // kernel: bytes are read into c.stage as they come, and each completed
 // sample is copied into one slot.
-func (w *Worker) readStaged(c *conn) (int, error) {
+func (w *worker) readStaged(c *conn) (int, error) {
 	p := w.pool
 	moved := 0
 	for moved < turnSamples {
-		n, err := unix.Read(c.fd, c.stage[c.staged:])
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err == unix.EAGAIN:
-			if err := w.queued(c.fd); err != nil {
+		n, err := sockio.Read(c.fd, c.stage[c.staged:])
+		if err != nil {
+			return moved, err
+		}
+		if n == 0 {
+			inq, err := sockio.Queued(c.fd)
+			if err != nil {
 				return moved, err
 			}
-			w.setDepth(c, (int(w.inq)+c.staged)/p.payload)
+			w.setDepth(c, (inq+c.staged)/p.payload)
 			return moved, nil
-		case err != nil:
-			return moved, os.NewSyscallError("read", err)
-		case n == 0:
-			return moved, io.EOF
 		}
 		c.staged += n
 		if c.staged < p.payload {
@@ -457,21 +351,14 @@ func (w *Worker) readStaged(c *conn) (int, error) {
 	return moved, nil
 }
 
-// flush writes c's pending handshake bytes, then its owed acks, until done
-// or the socket's send buffer is full; in the latter case the EPOLLOUT edge
+// flush writes c's owed acks until done or the socket's send buffer is
+// full; in the latter case the EPOLLOUT edge
 // brings c back. A peer that does not read its acks therefore costs a
 // counter, never a blocked worker.
-func (w *Worker) flush(c *conn) error {
-	for len(c.out) > 0 {
-		n, err := WriteSome(c.fd, c.out)
-		if n == 0 || err != nil {
-			return err
-		}
-		c.out = c.out[n:]
-	}
+func (w *worker) flush(c *conn) error {
 	acks := w.pool.acks
 	for c.owed > 0 {
-		n, err := WriteSome(c.fd, acks[:min(c.owed, len(acks))])
+		n, err := sockio.Write(c.fd, acks[:min(c.owed, len(acks))])
 		if n == 0 || err != nil {
 			return err
 		}
@@ -480,70 +367,8 @@ func (w *Worker) flush(c *conn) error {
 	return nil
 }
 
-// WriteSome is one write(2) to a non-blocking socket with EINTR retried:
-// n == 0 with a nil error means the send buffer is full (EAGAIN); an error
-// means the connection is broken.
-func WriteSome(fd int, b []byte) (int, error) {
-	for {
-		n, err := unix.Write(fd, b)
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err == unix.EAGAIN:
-			return 0, nil
-		case err != nil:
-			return 0, os.NewSyscallError("write", err)
-		}
-		return n, nil
-	}
-}
-
-// claim reserves up to want slots, using the worker's spare slots first and
-// waiting while the ring is full. Before it waits it flushes the acks owed
-// to c (nil for producers): a client bounded by max_inflight must learn of
-// the samples already in the ring, or it would wait for acks the worker is
-// holding. It returns ringbuf.ErrClosed once the ring is closed.
-func (w *Worker) claim(want int, c *conn) (ringbuf.Reservation, error) {
-	if w.spare.N > 0 {
-		res := ringbuf.Reservation{Start: w.spare.Start, N: min(want, w.spare.N)}
-		w.spare.Start += uint64(res.N)
-		w.spare.N -= res.N
-		return res, nil
-	}
-	ring := w.pool.ring
-	detailed := w.pool.detailed
-	blocked := false
-	for {
-		res, fails, ok := ring.Reserve(want)
-		if detailed && fails > 0 {
-			w.casFailure.Add(uint64(fails))
-		}
-		if ok {
-			if detailed {
-				w.casSuccess.Add(1)
-			}
-			return res, nil
-		}
-		if !blocked {
-			blocked = true
-			w.pushBlocked.Add(1)
-			if c != nil && c.owed > 0 {
-				// An error here resurfaces at the connection's next
-				// write, which drops it.
-				_ = w.flush(c)
-			}
-		}
-		if detailed {
-			w.retries.Add(1)
-		}
-		if err := ring.WaitSpace(); err != nil {
-			return ringbuf.Reservation{}, err
-		}
-	}
-}
-
 // serveBacklog gives every connection on the backlog another turn.
-func (w *Worker) serveBacklog() (int, error) {
+func (w *worker) serveBacklog() (int, error) {
 	moved := 0
 	pending := w.backlog
 	w.backlog = w.backlogSpare[:0]

@@ -1,19 +1,21 @@
-// Package ingress is the pool of workers that move samples into the ring.
+// Package tcp is everything between a socket and a ring slot: the
+// transports (TCP, Unix-domain sockets), the acceptor that runs each
+// connection's prologue (authentication, handshake), and the pool of
+// ingress workers that move samples into the ring.
 //
-// Each worker is one goroutine running an epoll loop. It owns a set of
-// in-process producer queues (SPSC queues of recycled sample buffers) and
-// drains them in rounds: from each queue it pops at most the depth it saw
-// when the round reached it, starting each round one queue further along, and
-// inserts everything it popped with as few ring reservations as the batch
-// boundaries allow. With nothing to do it parks until its epoll set, which
-// holds an eventfd that producers write only when they see it parked, has
-// an event; the set is registered with Go's own poller, so a parked worker
-// is a waiting goroutine, not a blocked thread.
+// Each worker is one goroutine running an event loop (internal/poller).
+// It owns a set of connections and a set of in-process producer queues
+// (SPSC queues of recycled sample buffers). For a connection it asks the
+// kernel how many whole samples are queued, claims slots for them and
+// reads them with one readv straight into the slots (conn.go). Producer
+// queues it drains in rounds: from each it pops at most the depth it saw
+// when the round reached it, starting each round one queue further along,
+// and inserts everything with as few ring reservations as the batch
+// boundaries allow (worker.go, queue.go).
 //
-// Transports hand accepted sockets to AddConn; a worker adds each to its
-// epoll set, so one loop serves producers and connections alike (conn.go
-// has the socket path).
-package ingress
+// The dependency order is one way: the root package composes a Pool over
+// a ringbuf.Ring and a pytree.Spec; nothing here calls back up.
+package tcp
 
 import (
 	"bytes"
@@ -26,48 +28,50 @@ import (
 	"time"
 
 	"github.com/seed-a9ef92a1/echo/internal/hist"
+	"github.com/seed-a9ef92a1/echo/pytree"
 	"github.com/seed-a9ef92a1/echo/ringbuf"
 	"github.com/seed-a9ef92a1/echo/spsc"
 	"github.com/seed-a9ef92a1/echo/wire"
 )
 
-// ErrClosed is returned by Acquire and NewQueue once the pool is closed.
-var ErrClosed = errors.New("ingress: closed")
+// ErrClosed is returned by Acquire, NewQueue and Serve once the pool is
+// closed.
+var ErrClosed = errors.New("tcp: closed")
 
 // Config describes a pool.
 type Config struct {
-	// Ring is where samples go.
+	// Ring is where samples go; its layout's leaves are Spec's.
 	Ring *ringbuf.Ring
-	// LeafBytes is the size of each leaf of a sample, in flatten order; a
-	// Buffer's Data is these leaves back to back.
-	LeafBytes []int
+	// Spec describes one sample: its leaves' sizes, in flatten order
+	// (a Buffer's Data is these leaves back to back), and the handshake
+	// every connection receives.
+	Spec *pytree.Spec
 	// Workers is the number of worker goroutines, at least 1.
 	Workers int
-	// Detailed turns on the CAS counters and histograms.
+	// Detailed turns on the histograms.
 	Detailed bool
-	// Handshake is sent to every connection added with AddConn before
-	// anything else.
-	Handshake []byte
 	// Logger receives connection events: opened and closed at Debug,
-	// dropped for an error at Warn. Nil logs nothing.
+	// dropped for an error or refused at Warn. Nil logs nothing.
 	Logger *slog.Logger
 }
 
-// Pool is a set of workers over one ring.
+// Pool is a set of workers over one ring, and the acceptor that feeds them
+// connections once Serve has started it.
 type Pool struct {
+	// Read-only after NewPool.
 	ring      *ringbuf.Ring
 	leafBytes []int
 	payload   int
+	handshake []byte // the wire handshake every connection receives
 	detailed  bool
 	epoch     time.Time
-	workers   []*Worker
+	workers   []*worker
 	wg        sync.WaitGroup
-	handshake []byte // read-only
 	log       *slog.Logger
-	acks      []byte // ackBufLen ack bytes, read-only
+	acks      []byte // ackBufLen ack bytes
 
-	// active counts open connections.
-	active atomic.Int64
+	// acceptor is set once by Serve; Stats and Close load it.
+	acceptor atomic.Pointer[acceptor]
 
 	// closed is set once by Close; done is closed with it.
 	closed atomic.Bool
@@ -77,11 +81,11 @@ type Pool struct {
 	rounds, copies, dwells []*hist.Histogram
 
 	// mu guards queues (every live queue, for metrics), each worker's
-	// assigned count, retiredBlocked (the blocked counts of pruned queues)
-	// and err (the first failure of any worker).
+	// assigned count, retiredBlocked (the blocked counts of pruned
+	// queues), err (the first failure of any worker), and the hand-over
+	// of a connection against Close.
 	mu             sync.Mutex
 	queues         []*Queue
-	conns          map[*conn]*Worker
 	retiredBlocked uint64
 	err            error
 }
@@ -89,27 +93,34 @@ type Pool struct {
 // NewPool starts cfg.Workers workers.
 func NewPool(cfg Config) (*Pool, error) {
 	if cfg.Workers < 1 {
-		return nil, fmt.Errorf("ingress: %d workers, need at least 1", cfg.Workers)
+		return nil, fmt.Errorf("tcp: %d workers, need at least 1", cfg.Workers)
+	}
+	hs, err := wire.HandshakeOf(cfg.Spec)
+	if err != nil {
+		return nil, err
+	}
+	handshake, err := wire.AppendHandshake(nil, hs)
+	if err != nil {
+		return nil, err
 	}
 	p := &Pool{
 		ring:      cfg.Ring,
-		leafBytes: cfg.LeafBytes,
+		payload:   cfg.Spec.PayloadBytes(),
+		handshake: handshake,
 		detailed:  cfg.Detailed,
 		epoch:     time.Now(),
 		done:      make(chan struct{}),
-		handshake: cfg.Handshake,
 		log:       cfg.Logger,
 		acks:      bytes.Repeat([]byte{wire.Ack}, ackBufLen),
-		conns:     make(map[*conn]*Worker),
 	}
-	for _, n := range cfg.LeafBytes {
-		p.payload += n
+	for _, l := range cfg.Spec.Leaves() {
+		p.leafBytes = append(p.leafBytes, l.NumBytes())
 	}
 	for range cfg.Workers {
 		w, err := newWorker(p)
 		if err != nil {
 			for _, w := range p.workers {
-				w.closeFDs()
+				w.poller.Close()
 			}
 			return nil, err
 		}
@@ -140,7 +151,7 @@ func (p *Pool) copySample(pos uint64, data []byte) {
 // on the worker with the fewest queues.
 func (p *Pool) NewQueue(depth int) (*Queue, error) {
 	if depth < 1 {
-		return nil, fmt.Errorf("ingress: queue depth %d, need at least 1", depth)
+		return nil, fmt.Errorf("tcp: queue depth %d, need at least 1", depth)
 	}
 	filled, err := spsc.New[*Buffer](depth)
 	if err != nil {
@@ -153,7 +164,7 @@ func (p *Pool) NewQueue(depth int) (*Queue, error) {
 	q := &Queue{filled: filled, free: free, pool: p, wake: make(chan struct{}, 1)}
 	// One slab of depth·payload bytes for all the queue's buffers.
 	if p.payload > 0 && depth > math.MaxInt/p.payload {
-		return nil, fmt.Errorf("ingress: %d buffers of %d bytes overflow", depth, p.payload)
+		return nil, fmt.Errorf("tcp: %d buffers of %d bytes overflow", depth, p.payload)
 	}
 	mem := make([]byte, depth*p.payload)
 	for i := range depth {
@@ -179,7 +190,7 @@ func (p *Pool) NewQueue(depth int) (*Queue, error) {
 	w.hasAdopt.Store(true)
 	w.adoptMu.Unlock()
 	p.mu.Unlock()
-	w.wake() // outside p.mu: a failing wake calls fail, which takes it
+	w.poller.Wake()
 	return q, nil
 }
 
@@ -206,12 +217,18 @@ func (p *Pool) fail(err error) {
 	}
 }
 
-// Close stops the workers and wakes every producer waiting in Acquire.
-// The ring must be closed first, so that a worker waiting for ring space
-// returns. Close waits for the workers to exit, closes
-// their file descriptors and returns the first error any of them hit.
+// Close stops accepting, stops the workers and wakes every producer
+// waiting in Acquire. The ring must be closed first, so that a worker
+// waiting for ring space returns. Close waits for the acceptor and the
+// workers to exit, closes every connection and descriptor, and returns the
+// first error any of them hit. It is idempotent.
 func (p *Pool) Close() error {
-	// Under mu, so that an AddConn either sees closed or has finished
+	var errs []error
+	// The acceptor first: it hands connections to the workers.
+	if a := p.acceptor.Load(); a != nil {
+		errs = append(errs, a.close())
+	}
+	// Under mu, so that an addConn either sees closed or has finished
 	// handing its connection over before the workers' connections close.
 	p.mu.Lock()
 	already := p.closed.Swap(true)
@@ -221,13 +238,12 @@ func (p *Pool) Close() error {
 	}
 	close(p.done)
 	for _, w := range p.workers {
-		w.wake()
+		w.poller.Wake()
 	}
 	p.wg.Wait()
-	var errs []error
 	for _, w := range p.workers {
 		w.closeConns()
-		errs = append(errs, w.closeFDs())
+		errs = append(errs, w.poller.Close())
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -237,8 +253,12 @@ func (p *Pool) Close() error {
 // Stats is a snapshot of the pool's metrics.
 type Stats struct {
 	Queues int
-	// Connections is the number of open connections.
+	// Connections is the number of connections served now.
 	Connections int
+	// Refused counts connections closed before they were served: over
+	// MaxConns, failing their prologue, or failing to be prepared.
+	// AuthFailures counts those refused in authentication.
+	Refused, AuthFailures uint64
 	// QueueDepthSum and QueueDepthMax count the samples waiting in
 	// producer queues and, for connections, whole samples waiting in the
 	// kernel's receive queue when the worker last looked; for
@@ -246,11 +266,9 @@ type Stats struct {
 	// previous Stats.
 	QueueDepthSum int
 	QueueDepthMax int
-	// PushBlocked counts producers that found their queue full and
-	// workers that found the ring full.
+	// PushBlocked counts producers that found their queue full. (Writers
+	// that found the ring full are the ring's to count.)
 	PushBlocked                    uint64
-	CASSuccess, CASFailure         uint64
-	ReservationRetries             uint64
 	DrainRound, Memcpy, QueueDwell hist.Summary
 }
 
@@ -269,15 +287,14 @@ func (p *Pool) Stats() Stats {
 		st.QueueDepthMax = max(st.QueueDepthMax, d)
 		st.PushBlocked += q.blocked.Load()
 	}
-	st.Connections = len(p.conns)
 	p.mu.Unlock()
+	st.Connections = p.ActiveConnections()
 	for _, w := range p.workers {
 		st.QueueDepthSum += int(w.connDepthSum.Load())
 		st.QueueDepthMax = max(st.QueueDepthMax, int(w.connDepthMax.Swap(0)))
-		st.PushBlocked += w.pushBlocked.Load()
-		st.CASSuccess += w.casSuccess.Load()
-		st.CASFailure += w.casFailure.Load()
-		st.ReservationRetries += w.retries.Load()
+	}
+	if a := p.acceptor.Load(); a != nil {
+		st.Refused, st.AuthFailures = a.refused.Load(), a.authFailed.Load()
 	}
 	if p.detailed {
 		st.DrainRound = hist.Sum(p.rounds...)
@@ -286,6 +303,19 @@ func (p *Pool) Stats() Stats {
 	}
 	return st
 }
+
+// ActiveConnections returns the number of connections served now: the
+// sum of the workers' counts, the one count of connections.
+func (p *Pool) ActiveConnections() int {
+	n := int64(0)
+	for _, w := range p.workers {
+		n += w.nconns.Load()
+	}
+	return int(n)
+}
+
+// Payload returns the bytes of one sample.
+func (p *Pool) Payload() int { return p.payload }
 
 // ResetHistograms clears the histogram window of every worker.
 func (p *Pool) ResetHistograms() {
