@@ -4,8 +4,8 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/seed-a9ef92a1/echo/tcp"
 	"github.com/seed-a9ef92a1/echo/pytree"
+	"github.com/seed-a9ef92a1/echo/tcp"
 )
 
 // ErrProducerClosed is returned by Send after the producer's Close.
@@ -29,7 +29,7 @@ var ErrProducerClosed = errors.New("echo: producer closed")
 // concurrently. Samples from one producer reach batches in the order sent.
 type Producer struct {
 	srv    *Server
-	q      *tcp.Queue // nil on the direct route
+	q      *tcp.Queue     // nil on the direct route
 	leaves []pytree.Array // Send's scratch
 	closed bool
 }

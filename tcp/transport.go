@@ -286,4 +286,3 @@ func wrap(name string, err error) error {
 	}
 	return os.NewSyscallError(name, err)
 }
-

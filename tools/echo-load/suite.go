@@ -22,8 +22,8 @@ import (
 
 	"github.com/seed-a9ef92a1/echo"
 	"github.com/seed-a9ef92a1/echo/bench/integrity"
-	"github.com/seed-a9ef92a1/echo/internal/readme"
 	"github.com/seed-a9ef92a1/echo/bench/loadgen"
+	"github.com/seed-a9ef92a1/echo/internal/readme"
 	"github.com/seed-a9ef92a1/echo/wire"
 )
 
