@@ -23,6 +23,11 @@
 //  4. Only the consumer resets commit[s], and only before it advances
 //     released past the slab's batch. Writers cannot claim slots of the slab's
 //     next batch until that advance, so they never see a stale count.
+//  5. A claimed slot is always filled or given back. A writer that cannot
+//     fill slots it claimed (its peer sent less than promised) returns them
+//     (Return); every later claim takes returned slots before new ones, so
+//     the batch they belong to still completes and no hole stops the
+//     batches behind it.
 //
 // Writers are any number of goroutines calling Reserve, copying into Slot
 // memory and calling Commit. The consumer is one goroutine at a time calling
@@ -114,8 +119,15 @@ type Ring struct {
 	detailed  bool
 	ready     chan struct{} // capacity 1; a token means "some slab filled up"
 	done      chan struct{} // closed by Close
-	spaceMu   sync.Mutex    // guards spaceCond; see WaitSpace
+	spaceMu   sync.Mutex    // guards spaceCond and wakers; see WaitSpace
 	spaceCond sync.Cond
+	wakers    []Waker // registered by NotifySpace, woken and cleared by Release
+	// returnMu guards returned, the reservations given back by Return and
+	// not yet claimed again; nReturned is their count, loaded lock-free
+	// by every claim.
+	returnMu  sync.Mutex
+	returned  []Reservation
+	nReturned atomic.Int32
 	_         [128]byte
 
 	// write is the next unclaimed position. Writers CAS it forward
@@ -127,7 +139,8 @@ type Ring struct {
 	// acquires the reset.
 	released cursor
 
-	// spaceWaiters counts writers inside WaitSpace. Writers add under
+	// spaceWaiters counts writers inside WaitSpace and wakers registered
+	// by NotifySpace. Writers add under
 	// spaceMu before their last check; the consumer loads it after advancing
 	// released and broadcasts if non-zero, so no wake is lost.
 	spaceWaiters atomic.Int32
@@ -270,9 +283,91 @@ func (r *Ring) Reserve(want int) (res Reservation, casFailures int, ok bool) {
 	}
 }
 
-// Claim is the one writer loop: it reserves up to want slots (Reserve),
-// waiting while the ring is full (WaitSpace), and keeps the writer
-// counters. onFull, when not nil, runs once before the first wait: an
+// Waker is what NotifySpace wakes: an event loop that does not block on a
+// full ring (an ingress worker's poller).
+type Waker interface{ Wake() }
+
+// TryClaim reserves up to want slots without waiting: slots given back by
+// Return first, then new ones (Reserve). It reports false when the ring is
+// full or closed, and keeps the CAS counters of detailed layouts.
+//
+// TryClaim may be called by any number of writers at once.
+func (r *Ring) TryClaim(want int) (Reservation, bool) {
+	if want < 1 {
+		return Reservation{}, false
+	}
+	// One atomic load per claim: returned slots are rare (a short read).
+	if r.nReturned.Load() > 0 {
+		if res, ok := r.takeReturned(want); ok {
+			return res, true
+		}
+	}
+	res, fails, ok := r.Reserve(want)
+	if r.detailed {
+		if fails > 0 {
+			r.casFailure.Add(uint64(fails))
+		}
+		if ok {
+			r.casSuccess.Add(1)
+		}
+	}
+	return res, ok
+}
+
+// Return gives back the slots of res, claimed and not written; res must
+// come from a claim and hold none of its writer's committed slots. The next
+// claims take them before any new slot, so their batch still completes.
+func (r *Ring) Return(res Reservation) {
+	if res.N < 1 {
+		return
+	}
+	r.returnMu.Lock()
+	r.returned = append(r.returned, res)
+	r.nReturned.Add(1)
+	r.returnMu.Unlock()
+}
+
+// takeReturned hands out up to want returned slots, oldest first.
+func (r *Ring) takeReturned(want int) (Reservation, bool) {
+	r.returnMu.Lock()
+	defer r.returnMu.Unlock()
+	if len(r.returned) == 0 {
+		return Reservation{}, false
+	}
+	head := &r.returned[0]
+	res := Reservation{Start: head.Start, N: min(want, head.N)}
+	head.Start += uint64(res.N)
+	head.N -= res.N
+	if head.N == 0 {
+		r.returned = append(r.returned[:0], r.returned[1:]...)
+		r.nReturned.Add(-1)
+	}
+	return res, true
+}
+
+// NotifySpace is WaitSpace for event loops: it registers w to be woken once,
+// at the next Release (or Close), and counts the writer blocked. It
+// registers nothing and returns false if a slot is free already, so the
+// caller claims again instead of waiting. A registered waker is woken
+// once; to wait again, register again.
+func (r *Ring) NotifySpace(w Waker) bool {
+	r.spaceMu.Lock()
+	defer r.spaceMu.Unlock()
+	// Registering before the check pairs with Release's advance-then-load,
+	// as in WaitSpace.
+	r.spaceWaiters.Add(1)
+	if r.closed.Load() || r.write.v.Load() != r.released.v.Load()+r.capacity || r.nReturned.Load() > 0 {
+		r.spaceWaiters.Add(-1)
+		return false
+	}
+	r.wakers = append(r.wakers, w)
+	r.blocked.Add(1)
+	return true
+}
+
+// Claim is the one writer loop for writers that may block: it claims up to
+// want slots (TryClaim), waiting while the ring is full (WaitSpace), and
+// keeps the writer counters. onFull, when not nil, runs once before the first wait: an
 // ingress worker flushes the acks it owes there, so that a client bounded
 // by its in-flight window learns of the samples already in the ring. Claim
 // returns ErrClosed once the ring is closed. Every reservation it returns
@@ -282,14 +377,7 @@ func (r *Ring) Reserve(want int) (res Reservation, casFailures int, ok bool) {
 func (r *Ring) Claim(want int, onFull func()) (Reservation, error) {
 	blocked := false
 	for {
-		res, fails, ok := r.Reserve(want)
-		if r.detailed && fails > 0 {
-			r.casFailure.Add(uint64(fails))
-		}
-		if ok {
-			if r.detailed {
-				r.casSuccess.Add(1)
-			}
+		if res, ok := r.TryClaim(want); ok {
 			return res, nil
 		}
 		if r.closed.Load() {
@@ -375,9 +463,7 @@ func (r *Ring) Release() {
 	// before any writer's claim of them.
 	r.released.v.Add(r.batch)
 	if r.spaceWaiters.Load() > 0 {
-		r.spaceMu.Lock()
-		r.spaceCond.Broadcast()
-		r.spaceMu.Unlock()
+		r.wakeSpace()
 	}
 }
 
@@ -446,9 +532,22 @@ func (r *Ring) Close() {
 		return
 	}
 	close(r.done)
+	r.wakeSpace()
+}
+
+// wakeSpace wakes every writer in WaitSpace and every registered waker.
+// Wakers are woken under spaceMu, so the list is reused without
+// allocating; a Waker must not call back into the ring.
+func (r *Ring) wakeSpace() {
 	r.spaceMu.Lock()
+	defer r.spaceMu.Unlock()
 	r.spaceCond.Broadcast()
-	r.spaceMu.Unlock()
+	for i, w := range r.wakers {
+		w.Wake()
+		r.wakers[i] = nil
+	}
+	r.spaceWaiters.Add(-int32(len(r.wakers)))
+	r.wakers = r.wakers[:0]
 }
 
 // Free unmaps the ring. The caller must make sure that no writer is between
