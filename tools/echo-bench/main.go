@@ -5,11 +5,15 @@
 // id-echo Python package, a Rust core) over loopback: the same Go load
 // generator against both servers, and echo's own Python TcpClient against
 // both, for W1/W2/W3 at several client counts. It prints the tables with
-// their ratios, writes them as JSON and Markdown and the comparison as an
-// SVG chart, with the machine it ran on, and can rewrite the README's
-// performance section.
+// their ratios on stdout, with the machine it ran on, and shows its
+// progress on stderr when stderr is a terminal. It writes files only when
+// asked: the results as JSON (--json), the comparison as an SVG chart
+// (--svg), the tables as Markdown (--markdown), or the tables into the
+// generated section of a Markdown document (--doc, e.g.
+// docs/performance.md, between <!-- echo-bench:begin --> and
+// <!-- echo-bench:end -->).
 //
-//	go run ./tools/echo-bench [--quick] [--readme README.md] [--json out.json] [--svg out.svg]
+//	go run ./tools/echo-bench [--quick] [--doc docs/performance.md] [--json out.json] [--svg out.svg]
 //
 // echo's side needs a Python with id-echo (the project's .venv, made by
 // .ci/run, or --python); without one, echo-bench measures the Go server
@@ -38,6 +42,7 @@ import (
 
 	"github.com/seed-a9ef92a1/echo"
 	"github.com/seed-a9ef92a1/echo/bench"
+	"github.com/seed-a9ef92a1/echo/internal/cli"
 	"github.com/seed-a9ef92a1/echo/internal/readme"
 )
 
@@ -48,7 +53,7 @@ type options struct {
 	python     string
 	interopDir string
 	cpuprofile string
-	readme     string
+	doc        string
 	markdown   string
 	suite      bool
 	interop    bool
@@ -57,30 +62,40 @@ type options struct {
 	group      int
 }
 
+// docSection names the generated section that --doc rewrites.
+const docSection = "echo-bench"
+
 func main() {
 	var o options
 	var clients, workloads string
-	testing.Init() // testing.Benchmark reads -test.benchtime
 	var benchtime time.Duration
-	flag.BoolVar(&o.quick, "quick", false, "a fraction of the samples per cell, to finish within a minute (CI)")
-	flag.StringVar(&o.jsonPath, "json", "echo-bench.json", "write the results here as JSON (empty: don't)")
-	flag.StringVar(&o.svgPath, "svg", "echo-bench.svg", "write the chart here as SVG (empty: don't)")
-	flag.StringVar(&o.python, "python", filepath.Join(".venv", "bin", "python"), "Python with id-echo installed")
-	flag.StringVar(&o.interopDir, "interop-dir", filepath.Join("tools", "interop"), "where bench_server.py and bench_client.py are")
-	flag.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of this process (Go servers and Go clients) here, and print where the time went")
-	flag.StringVar(&clients, "clients", "1,16,256", "client counts")
-	flag.StringVar(&workloads, "workloads", "W1,W2,W3", "workloads")
-	flag.IntVar(&o.group, "group", 1, "samples per Go client call: 1 is Client.Send, more is Client.SendBatch")
-	flag.BoolVar(&o.suite, "suite", true, "run the benchmark suite, layer by layer")
-	flag.BoolVar(&o.interop, "interop", true, "run the comparison with echo's own server and client")
-	flag.StringVar(&o.readme, "readme", "", "rewrite this file's echo-bench section with the results")
-	flag.StringVar(&o.markdown, "markdown", "", "write the tables here as Markdown")
-	flag.DurationVar(&benchtime, "benchtime", time.Second, "time per suite benchmark (--quick: 100ms)")
-	flag.Parse()
+	cmd := cli.New("echo-bench", "echo-bench runs echo's benchmark suite and compares its TCP server with echo's own (id-echo), printing the tables.")
+	fs := cmd.Flags
+	fs.BoolVar(&o.quick, "quick", false, "a fraction of the samples per cell, to finish within a minute (CI)")
+	fs.StringVar(&o.jsonPath, "json", "", "write the results as JSON to `FILE` (default: not written)")
+	fs.StringVar(&o.svgPath, "svg", "", "write the comparison chart as SVG to `FILE` (default: not written)")
+	fs.StringVar(&o.markdown, "markdown", "", "write the tables as Markdown to `FILE` (default: not written)")
+	fs.StringVar(&o.doc, "doc", "", "rewrite the generated section between the markers <!-- "+docSection+":begin --> and <!-- "+docSection+":end --> in `FILE` (e.g. docs/performance.md) with the tables")
+	fs.StringVar(&o.python, "python", filepath.Join(".venv", "bin", "python"), "Python with id-echo installed")
+	fs.StringVar(&o.interopDir, "interop-dir", filepath.Join("tools", "interop"), "where bench_server.py and bench_client.py are")
+	fs.StringVar(&o.cpuprofile, "cpuprofile", "", "write a CPU profile of this process (Go servers and Go clients) to `FILE`, and print where the time went")
+	fs.StringVar(&clients, "clients", "1,16,256", "client counts, comma-separated")
+	fs.StringVar(&workloads, "workloads", "W1,W2,W3", "workloads, comma-separated")
+	fs.IntVar(&o.group, "group", 1, "samples per Go client call: 1 is Client.Send, more is Client.SendBatch")
+	fs.BoolVar(&o.suite, "suite", true, "run the benchmark suite, layer by layer")
+	fs.BoolVar(&o.interop, "interop", true, "run the comparison with echo's own server and client")
+	fs.DurationVar(&benchtime, "benchtime", time.Second, "time per suite benchmark (--quick: 100ms)")
+	cmd.Parse(os.Args[1:])
 	if o.quick && benchtime == time.Second {
 		benchtime = 100 * time.Millisecond
 	}
-	if err := flag.Set("test.benchtime", benchtime.String()); err != nil {
+	// testing.Benchmark reads -test.benchtime from flag.CommandLine, where
+	// testing.Init registers the test flags; echo-bench's own flags live in
+	// their own set, so none of them shows in its help. Parsing the one
+	// setting also marks flag.CommandLine parsed, as the testing package
+	// expects of a test binary.
+	testing.Init()
+	if err := flag.CommandLine.Parse([]string{"-test.benchtime=" + benchtime.String()}); err != nil {
 		fatal(err)
 	}
 	for _, c := range strings.Split(clients, ",") {
@@ -91,6 +106,12 @@ func main() {
 		o.clients = append(o.clients, n)
 	}
 	o.workloads = strings.Split(workloads, ",")
+	if o.doc != "" {
+		// Before the run, not after minutes of it.
+		if err := readme.Check(o.doc, docSection); err != nil {
+			fatal(fmt.Errorf("--doc: %w", err))
+		}
+	}
 	if err := run(o); err != nil {
 		fatal(err)
 	}
@@ -225,22 +246,27 @@ func run(o options) error {
 		return err
 	}
 	defer os.RemoveAll(dir)
+	bar := cli.NewProgress()
 	for i, c := range cells {
-		fmt.Printf("\r[%s] %d/%d  %s clients=%d server=%s load=%s          ",
+		bar.Printf("[%s] %d/%d  %s clients=%d server=%s load=%s",
 			progress(i, len(cells)), i+1, len(cells), c.w.Short, c.clients, c.server, c.load)
 		r, err := c.measure(o, dir)
 		if err != nil {
+			bar.Clear()
 			return fmt.Errorf("%s clients=%d server=%s load=%s: %w", c.w.Short, c.clients, c.server, c.load, err)
 		}
 		rep.Results = append(rep.Results, r)
 	}
-	if len(cells) > 0 {
-		fmt.Printf("\r[%s] %d/%d done%s\n\n", progress(len(cells), len(cells)), len(cells), len(cells), strings.Repeat(" ", 40))
-	}
+	bar.Clear()
+	fmt.Println()
 	var md strings.Builder
-	fmt.Fprintf(&md, "Produced by `go run ./tools/echo-bench%s` on %s, %d cores, %d-byte cache lines, %v, Linux %s, %s, transparent huge pages `%s` (a W3 ring: %s in huge pages); id-echo %s.\n\n",
+	echoSide := "echo's side not measured (no id-echo)"
+	if rep.EchoVersion != "" {
+		echoSide = "id-echo " + rep.EchoVersion
+	}
+	fmt.Fprintf(&md, "Produced by `go run ./tools/echo-bench%s` on %s, %d cores, %d-byte cache lines, %v, Linux %s, %s, transparent huge pages `%s` (a W3 ring: %s in huge pages); %s.\n\n",
 		map[bool]string{true: " --quick", false: ""}[o.quick], rep.Machine.CPU, rep.Machine.Cores, rep.Machine.CacheLine,
-		rep.Machine.Features, rep.Machine.Kernel, rep.Machine.Go, rep.Machine.HugePages, rep.Machine.RingHugePages, rep.EchoVersion)
+		rep.Machine.Features, rep.Machine.Kernel, rep.Machine.Go, rep.Machine.HugePages, rep.Machine.RingHugePages, echoSide)
 	if len(rep.Suite) > 0 {
 		writeSuite(&md, rep.Suite)
 	}
@@ -255,9 +281,9 @@ func run(o options) error {
 			return err
 		}
 	}
-	if o.readme != "" {
-		if err := readme.Rewrite(o.readme, "echo-bench", md.String()); err != nil {
-			return err
+	if o.doc != "" {
+		if err := readme.Rewrite(o.doc, docSection, md.String()); err != nil {
+			return fmt.Errorf("--doc: %w", err)
 		}
 	}
 	if o.jsonPath != "" {

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/seed-a9ef92a1/echo/bench"
+	"github.com/seed-a9ef92a1/echo/internal/cli"
 )
 
 // The suite runs the bench package's benchmarks, layer by layer, through
@@ -66,8 +67,10 @@ func suiteCases(quick bool) []suiteCase {
 func runSuite(quick bool) []Row {
 	cs := suiteCases(quick)
 	var rows []Row
+	bar := cli.NewProgress()
+	defer bar.Clear()
 	for i, c := range cs {
-		fmt.Printf("\r[%s] %d/%d  %s %s          ", progress(i, len(cs)), i+1, len(cs), c.section, c.name)
+		bar.Printf("[%s] %d/%d  %s %s", progress(i, len(cs)), i+1, len(cs), c.section, c.name)
 		r := testing.Benchmark(c.run)
 		row := Row{Section: c.section, Name: c.name, NsPerOp: float64(r.T.Nanoseconds()) / float64(max(1, r.N)),
 			Allocs: r.AllocsPerOp(), Metrics: r.Extra}
@@ -76,7 +79,6 @@ func runSuite(quick bool) []Row {
 		}
 		rows = append(rows, row)
 	}
-	fmt.Printf("\r[%s] %d/%d suite done%s\n", progress(len(cs), len(cs)), len(cs), len(cs), strings.Repeat(" ", 40))
 	return rows
 }
 

@@ -17,15 +17,17 @@
 // beside honest ones, with and without a shared secret, a connection flood,
 // 10,000 idle connections — then checks that closing every server left no
 // goroutine, descriptor or mapping behind, optionally runs the fuzz targets
-// (--fuzztime), prints the tables and can write them into the README
-// (--readme). It exits non-zero if anything was lost, duplicated,
+// (--fuzztime), prints the tables on stdout and can write them into the
+// generated section of a Markdown document (--doc, e.g. docs/reliability.md,
+// between <!-- echo-load:begin --> and <!-- echo-load:end -->); each run's
+// verdict goes to stderr as it ends. It exits non-zero if anything was lost, duplicated,
 // reordered, corrupted, invented or leaked, or a hostile peer met an
 // outcome other than the expected one.
 package main
 
 import (
 	"context"
-	"flag"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -36,7 +38,12 @@ import (
 	"github.com/seed-a9ef92a1/echo"
 	"github.com/seed-a9ef92a1/echo/bench/integrity"
 	"github.com/seed-a9ef92a1/echo/bench/loadgen"
+	"github.com/seed-a9ef92a1/echo/internal/cli"
+	"github.com/seed-a9ef92a1/echo/internal/readme"
 )
+
+// docSection names the generated section that --doc rewrites.
+const docSection = "echo-load"
 
 func main() {
 	var (
@@ -44,40 +51,48 @@ func main() {
 		batch    int
 		suite    bool
 		quick    bool
-		readme   string
+		doc      string
 		fuzztime time.Duration
 		holdIdle string
 	)
-	flag.IntVar(&cfg.Actors, "actors", 256, "concurrent actors")
-	flag.IntVar(&cfg.Samples, "samples", 2000, "samples each actor sends, over all its connections")
-	flag.IntVar(&cfg.Body, "body", 200, "sample body bytes (the stamp adds 24)")
-	flag.Float64Var(&cfg.Kill, "kill", 0.3, "probability that a connection is killed at a random byte")
-	flag.BoolVar(&cfg.Client, "client", false, "send through echo.Client (killed only between samples)")
-	flag.IntVar(&batch, "batch", 64, "batch size")
-	verify := flag.Bool("verify", false, "check every sample: exactly once, in order, intact, nothing acked lost")
-	flag.BoolVar(&suite, "suite", false, "run the reliability suite instead of one run")
-	flag.BoolVar(&quick, "quick", false, "with --suite: smaller runs (CI)")
-	flag.StringVar(&readme, "readme", "", "with --suite: rewrite this file's echo-load section with the tables")
-	flag.DurationVar(&fuzztime, "fuzztime", 0, "with --suite: also run each fuzz target this long (needs the go tool and the source tree)")
-	flag.StringVar(&holdIdle, "hold-idle", "", "internal: hold N idle connections to ADDR, given as ADDR,N")
-	flag.Parse()
+	cmd := cli.New("echo-load", "echo-load drives an echo server with actors that crash, reconnect and misbehave over loopback, and reports what arrived; --suite runs the reliability suite.")
+	fs := cmd.Flags
+	fs.IntVar(&cfg.Actors, "actors", 256, "concurrent actors")
+	fs.IntVar(&cfg.Samples, "samples", 2000, "samples each actor sends, over all its connections")
+	fs.IntVar(&cfg.Body, "body", 200, "sample body bytes (the stamp adds 24)")
+	fs.Float64Var(&cfg.Kill, "kill", 0.3, "probability that a connection is killed at a random byte")
+	fs.BoolVar(&cfg.Client, "client", false, "send through echo.Client (killed only between samples)")
+	fs.IntVar(&batch, "batch", 64, "batch size")
+	verify := fs.Bool("verify", false, "check every sample: exactly once, in order, intact, nothing acked lost")
+	fs.BoolVar(&suite, "suite", false, "run the reliability suite instead of one run")
+	fs.BoolVar(&quick, "quick", false, "with --suite: smaller runs (CI)")
+	fs.StringVar(&doc, "doc", "", "with --suite: rewrite the generated section between the markers <!-- "+docSection+":begin --> and <!-- "+docSection+":end --> in `FILE` (e.g. docs/reliability.md) with the tables")
+	fs.DurationVar(&fuzztime, "fuzztime", 0, "with --suite: also run each fuzz target this long (needs the go tool and the source tree)")
+	fs.StringVar(&holdIdle, "hold-idle", "", "internal, for --suite: hold N idle connections to `ADDR,N`")
+	cmd.Parse(os.Args[1:])
 
+	if doc != "" {
+		if !suite {
+			fatal(errors.New("--doc needs --suite"))
+		}
+		// Before the suite, not after minutes of it.
+		if err := readme.Check(doc, docSection); err != nil {
+			fatal(fmt.Errorf("--doc: %w", err))
+		}
+	}
 	if holdIdle != "" {
 		if err := holdIdleMain(holdIdle); err != nil {
-			fmt.Fprintln(os.Stderr, "echo-load:", err)
-			os.Exit(1)
+			fatal(err)
 		}
 		return
 	}
 	if suite {
-		ok, err := runSuite(suiteOptions{quick: quick, readme: readme, fuzztime: fuzztime})
+		ok, err := runSuite(suiteOptions{quick: quick, doc: doc, fuzztime: fuzztime})
 		if err != nil {
-			fmt.Fprintln(os.Stderr, "echo-load:", err)
-			os.Exit(1)
+			fatal(err)
 		}
 		if !ok {
-			fmt.Fprintln(os.Stderr, "echo-load: the suite found faults (above)")
-			os.Exit(1)
+			fatal(errors.New("the suite found faults (above)"))
 		}
 		return
 	}
@@ -85,12 +100,16 @@ func main() {
 	cfg.Seed = uint64(time.Now().UnixNano())
 	res, err := oneRun(cfg, batch)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "echo-load:", err)
-		os.Exit(1)
+		fatal(err)
 	}
 	if *verify && !res.OK() {
 		os.Exit(1)
 	}
+}
+
+func fatal(err error) {
+	fmt.Fprintln(os.Stderr, "echo-load:", err)
+	os.Exit(1)
 }
 
 // oneRun is one fault run against a fresh loopback server.

@@ -29,7 +29,7 @@ import (
 
 type suiteOptions struct {
 	quick    bool
-	readme   string
+	doc      string // rewrite this file's generated section
 	fuzztime time.Duration
 }
 
@@ -90,9 +90,9 @@ func runSuite(o suiteOptions) (bool, error) {
 	}
 	md := s.markdown(time.Since(started))
 	fmt.Print(md)
-	if o.readme != "" {
-		if err := readme.Rewrite(o.readme, "echo-load", md); err != nil {
-			return s.ok, err
+	if o.doc != "" {
+		if err := readme.Rewrite(o.doc, docSection, md); err != nil {
+			return s.ok, fmt.Errorf("--doc: %w", err)
 		}
 	}
 	return s.ok, nil
