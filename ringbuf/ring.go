@@ -447,6 +447,15 @@ func (r *Ring) Next(ctx context.Context) (slab int, err error) {
 	}
 }
 
+// HasSpace reports whether a claim now would find a slot: a free one, or
+// one given back. Any goroutine may call it.
+func (r *Ring) HasSpace() bool {
+	return r.write.v.Load() != r.released.v.Load()+r.capacity || r.nReturned.Load() > 0
+}
+
+// Closed reports whether Close was called.
+func (r *Ring) Closed() bool { return r.closed.Load() }
+
 // Holding reports whether the consumer holds a batch. Consumer only.
 func (r *Ring) Holding() bool { return r.holding }
 

@@ -301,7 +301,7 @@ func (a *acceptor) serve(c *prologue) {
 		return
 	}
 	// An error closed fd: the pool is closing, which Close reports.
-	_ = a.pool.addConn(c.fd, gated, c.peer)
+	_ = a.pool.addConn(c.fd, gated, c.l.stagePartials, c.peer)
 }
 
 // forget takes c out of the poller and the map; the queue drops it lazily.

@@ -18,9 +18,7 @@ import (
 //   - Edge-triggered because a gated connection leaves a partial sample in
 //     the kernel on purpose: level-triggered epoll would report that socket
 //     readable on every wait until the rest arrives. On TCP, SO_RCVLOWAT =
-//     payload suppresses wake-ups for partial samples at the source; on
-//     Unix sockets (whose poll ignores SO_RCVLOWAT) each arrival is one
-//     wake-up that finds too little and returns.
+//     payload suppresses wake-ups for partial samples at the source.
 //   - Edge-triggered epoll never reminds: a connection left with whole
 //     samples when its turn ran out goes on the worker's backlog, which the
 //     loop serves before it waits again.
@@ -29,10 +27,25 @@ import (
 //     Unix sockets also each time the peer reads, which costs a turn that
 //     finds nothing.
 //
-// A full ring blocks the worker in ringbuf.Claim. Reading stops, the
-// receive buffers fill, and TCP's flow control pushes back on every client
-// of the worker, which is the behaviour wanted; the consumer's release wakes
-// the worker and reading resumes where it stopped.
+// Invariants, whatever the peer does:
+//
+//   - A claimed slot is filled or given back (ringbuf.Ring.Return): slots
+//     are claimed only for whole samples the kernel reports queued, and a
+//     read that comes up short returns the slots it did not fill.
+//   - A partial sample holds no slot, and holds staging memory only once
+//     its first byte is read, within the pool's staging budget.
+//   - A full ring or an empty staging budget parks the connection, not the
+//     worker: the worker goes on serving its other connections (acks, EOFs,
+//     partial reads) and its producers, and the ring's release (or a
+//     staging buffer's return) wakes it to resume the parked ones.
+//   - Acks owed are written before a connection is closed, for any reason.
+//
+// On a Unix socket a partial sample is staged as soon as it arrives: the
+// kernel charges each write's overhead to the sender's buffer, so a sender
+// that writes a gated sample in tiny pieces can fill that buffer before a
+// whole sample is queued, and a reader that waited for the whole sample
+// would wait for ever. TCP collapses such a queue, and SO_RCVLOWAT keeps
+// it from waking the worker for partial samples at all.
 
 // iovMax is the most iovecs one readv takes (IOV_MAX on Linux).
 const iovMax = sockio.MaxIovecs
@@ -57,10 +70,22 @@ func reasonText(err error) string {
 	return err.Error()
 }
 
-// errShortRead reports a readv that returned less than FIONREAD promised.
-// With one reader per socket the kernel never does this; if it ever did,
-// the stream would be cut mid-sample, so the connection is dropped.
-var errShortRead = errors.New("ingress: readv returned less than FIONREAD reported")
+// errShortRead reports a readv that returned less than FIONREAD promised:
+// the connection was reset under the read. The slots it did not fill go
+// back to the ring and the connection is dropped, as one that closed
+// mid-sample.
+var errShortRead = errors.New("tcp: readv returned less than FIONREAD reported")
+
+// errRingFull and errNoStage park a connection until the ring frees a slot
+// or the staging budget a buffer; they never leave serve.
+var (
+	errRingFull = errors.New("tcp: ring full")
+	errNoStage  = errors.New("tcp: staging budget spent")
+)
+
+// errStalled is the reason logged for a connection dropped for holding a
+// partial sample without progress for the stall timeout.
+var errStalled = errors.New("no progress on a partial sample")
 
 // conn is one accepted socket. Every field not marked otherwise belongs to
 // the worker that owns the connection.
@@ -70,10 +95,27 @@ type conn struct {
 
 	// gated: whole samples wait in the kernel until they are read straight
 	// into ring slots. Otherwise samples are staged: read into stage as
-	// they arrive, then copied into one slot.
-	gated  bool
+	// they arrive, then copied into one slot. stagePartials (Unix
+	// sockets): a gated connection stages a partial sample on arrival.
+	gated, stagePartials bool
+	// stage is a staging buffer from the pool's budget, held only while
+	// bytes of an unfinished sample are in it; staged counts them.
 	stage  []byte
-	staged int // bytes of the current sample in stage
+	staged int
+
+	// queuedPartial is the bytes of a partial sample a gated connection
+	// had in the kernel at its last look. partialAt is when the partial
+	// sample it holds (staged + queuedPartial bytes) last grew, in ns
+	// since the pool's epoch, 0 when it holds none; partialBytes is its
+	// size then. inPartials: on the worker's stall watch list.
+	queuedPartial int
+	partialAt     int64
+	partialBytes  int
+	inPartials    bool
+
+	// waitRing, waitStage: parked on the worker's list of connections
+	// waiting for a ring slot or a staging buffer.
+	waitRing, waitStage bool
 
 	peer       string // the remote address, for logs
 	samples    uint64 // samples delivered, for logs
@@ -93,11 +135,8 @@ type conn struct {
 // buffer two whole samples or more (see transport.go), in which case
 // samples wait in the kernel until whole and are read straight into their
 // slots. The pool owns fd from now on, even when addConn fails.
-func (p *Pool) addConn(fd int, gated bool, peer string) error {
-	c := &conn{fd: fd, gated: gated, peer: peer}
-	if !gated {
-		c.stage = make([]byte, p.payload)
-	}
+func (p *Pool) addConn(fd int, gated, stagePartials bool, peer string) error {
+	c := &conn{fd: fd, gated: gated, stagePartials: stagePartials, peer: peer}
 	p.mu.Lock()
 	if p.closed.Load() {
 		p.mu.Unlock()
@@ -143,14 +182,17 @@ func (w *worker) adoptConn(c *conn) {
 }
 
 // drop closes c for reason (io.EOF: the peer closed; errServerClosed) and
-// forgets it. What c's peer sent and was not yet read is discarded with
-// the socket; a partial sample in stage is never committed.
+// forgets it. Acks owed go out first. What c's peer sent and was not yet
+// read is discarded with the socket; a partial sample is never committed.
 func (w *worker) drop(c *conn, reason error) {
+	if c.owed > 0 && reason != errServerClosed {
+		_ = w.flush(c) // best effort: the connection is ending anyway
+	}
 	partial := c.staged
-	if reason == io.EOF {
-		// The peer closed with a partial sample unread. Read it out
-		// first: closing a socket with unread bytes sends a reset, which
-		// can destroy the acks for the whole samples before it.
+	if reason == io.EOF || reason == errStalled {
+		// The peer closed, or stalled, with a partial sample unread. Read
+		// it out first: closing a socket with unread bytes sends a reset,
+		// which can destroy the acks for the whole samples before it.
 		partial += sockio.Drain(c.fd, w.scratch)
 	}
 	if p := w.pool; p.log != nil {
@@ -158,9 +200,13 @@ func (w *worker) drop(c *conn, reason error) {
 		if reason != io.EOF && reason != errServerClosed {
 			level, msg = slog.LevelWarn, "echo: connection dropped"
 		}
-		p.log.LogAttrs(context.Background(), level, msg, slog.String("peer", c.peer),
+		attrs := []slog.Attr{slog.String("peer", c.peer),
 			slog.String("reason", reasonText(reason)), slog.Uint64("samples", c.samples),
-			slog.Int("partial_bytes_discarded", partial))
+			slog.Int("partial_bytes_discarded", partial)}
+		if reason == errStalled {
+			attrs = append(attrs, slog.Duration("after", w.pool.stallTimeout))
+		}
+		p.log.LogAttrs(context.Background(), level, msg, attrs...)
 	}
 	if c.slot > 0 && w.conns[c.slot] == c {
 		w.conns[c.slot] = nil
@@ -168,6 +214,8 @@ func (w *worker) drop(c *conn, reason error) {
 	}
 	c.slot = 0
 	w.setDepth(c, 0)
+	w.releaseStage(c)
+	c.partialAt = 0
 	unix.Close(c.fd) // removes it from the epoll set; nothing to report on failure
 	c.fd = -1
 	w.nconns.Add(-1)
@@ -206,22 +254,37 @@ func (w *worker) serve(c *conn) (int, error) {
 	if c.gated {
 		moved, err = w.readWhole(c)
 	} else {
-		moved, err = w.readStaged(c)
+		moved, err = w.readStaged(c, false)
+	}
+	switch err {
+	case io.EOF:
+		c.peerClosed, err = true, nil
+	case errRingFull:
+		if w.pool.ring.Closed() {
+			return moved, ringbuf.ErrClosed
+		}
+		w.park(c, &c.waitRing, &w.ringWait)
+		w.armSpace()
+		err = nil
+	case errNoStage:
+		w.park(c, &c.waitStage, &w.stageWait)
+		err = nil
 	}
 	if errors.Is(err, ringbuf.ErrClosed) {
 		return moved, err
 	}
-	if err == io.EOF {
-		c.peerClosed, err = true, nil
-	}
 	if err == nil {
 		// Acks first, even when the peer has closed its side: a client
-		// that half-closes still waits for them.
+		// that half-closes still waits for them, and one bounded by its
+		// in-flight window must learn of the samples already in the ring
+		// while its next ones wait for space.
 		err = w.flush(c)
 	}
 	switch {
 	case err != nil:
 		w.drop(c, err)
+	case c.waitRing || c.waitStage:
+		// Served again when the ring frees a slot or the budget a buffer.
 	case moved == turnSamples:
 		if !c.inBacklog {
 			c.inBacklog = true
@@ -231,10 +294,20 @@ func (w *worker) serve(c *conn) (int, error) {
 		// Everything whole was read and acked: what is left is a partial
 		// sample, or nothing.
 		w.drop(c, io.EOF)
+	default:
+		w.watchPartial(c)
 	}
 	// A closed peer still owed acks waits for the EPOLLOUT edge (or for
 	// the write that fails because it is gone).
 	return moved, nil
+}
+
+// park puts c on a worker's wait list, once.
+func (w *worker) park(c *conn, flag *bool, list *[]*conn) {
+	if !*flag {
+		*flag = true
+		*list = append(*list, c)
+	}
 }
 
 // readWhole is the gated path: FIONREAD says how many whole samples the
@@ -244,39 +317,59 @@ func (w *worker) readWhole(c *conn) (int, error) {
 	p := w.pool
 	moved := 0
 	for moved < turnSamples {
-		inq, err := sockio.Queued(c.fd)
-		if err != nil {
-			return moved, err
+		if c.staged == 0 {
+			inq, err := sockio.Queued(c.fd)
+			if err != nil {
+				return moved, err
+			}
+			k := inq / p.payload
+			w.setDepth(c, k)
+			c.queuedPartial = 0
+			if k > 0 {
+				n, err := w.readWholeSamples(c, min(k, w.maxPerRead, turnSamples-moved))
+				moved += n
+				if err != nil {
+					return moved, err
+				}
+				continue
+			}
+			if inq == 0 || !c.stagePartials {
+				c.queuedPartial = inq
+				return moved, nil
+			}
 		}
-		k := inq / p.payload
-		w.setDepth(c, k)
-		if k == 0 {
-			return moved, nil
-		}
-		res, err := w.claim(min(k, w.maxPerRead, turnSamples-moved), c)
-		if err != nil {
-			return moved, err
-		}
-		got, err := w.readInto(c.fd, res)
-		if got > 0 {
-			p.ring.Commit(ringbuf.Reservation{Start: res.Start, N: got})
-			c.owed += got
-			c.samples += uint64(got)
-			moved += got
-			w.setDepth(c, k-got)
-		}
-		if got < res.N {
-			// The unread slots stay claimed by this worker: the next
-			// samples it reads (from any of its connections or queues)
-			// fill them before it reserves more. res was cut from the
-			// front of any spare left, so the two join.
-			w.spare = ringbuf.Reservation{Start: res.Start + uint64(got), N: res.N - got + w.spare.N}
-		}
-		if err != nil {
+		// A partial sample staged on arrival (Unix), finished before the
+		// gate takes over again.
+		n, err := w.readStaged(c, true)
+		moved += n
+		if err != nil || c.staged > 0 {
 			return moved, err
 		}
 	}
 	return moved, nil
+}
+
+// readWholeSamples claims slots for k whole samples queued in c's socket,
+// reads them with readv straight into the slots, and commits them.
+func (w *worker) readWholeSamples(c *conn, k int) (int, error) {
+	p := w.pool
+	res, ok := p.ring.TryClaim(k)
+	if !ok {
+		return 0, errRingFull
+	}
+	got, err := w.readInto(c.fd, res)
+	if got > 0 {
+		p.ring.Commit(ringbuf.Reservation{Start: res.Start, N: got})
+		c.owed += got
+		c.samples += uint64(got)
+		w.setDepth(c, c.depth-got)
+	}
+	if got < res.N {
+		// The ring invariant: what was claimed and not filled goes back,
+		// and the next claim of any writer fills it.
+		p.ring.Return(ringbuf.Reservation{Start: res.Start + uint64(got), N: res.N - got})
+	}
+	return got, err
 }
 
 // readInto reads res.N whole samples from fd into res's slots with as few
@@ -294,7 +387,6 @@ func (w *worker) readInto(fd int, res ringbuf.Reservation) (int, error) {
 	}
 	built := len(iov)
 	defer clear(w.iov[:built]) // the iovecs point into the ring: drop them
-	want := res.N * p.payload
 	done := 0
 	for len(iov) > 0 {
 		n, err := sockio.Readv(fd, iov)
@@ -308,38 +400,60 @@ func (w *worker) readInto(fd int, res ringbuf.Reservation) (int, error) {
 		done += n
 		iov = sockio.Advance(iov, n)
 	}
-	if done != want {
-		return done / p.payload, errShortRead
-	}
 	return res.N, nil
 }
 
 // readStaged is the path for samples too large to wait whole in the
-// kernel: bytes are read into c.stage as they come, and each completed
-// sample is copied into one slot.
-func (w *worker) readStaged(c *conn) (int, error) {
+// kernel: bytes are read into a staging buffer as they come, and each
+// completed sample is copied into one slot. With one, it returns once the
+// sample under way is committed, for a gated connection to go back to its
+// gate. The staging buffer is taken when a sample's first byte is there
+// and given back when the connection has no bytes of a sample left.
+func (w *worker) readStaged(c *conn, one bool) (int, error) {
 	p := w.pool
 	moved := 0
 	for moved < turnSamples {
-		n, err := sockio.Read(c.fd, c.stage[c.staged:])
-		if err != nil {
-			return moved, err
-		}
-		if n == 0 {
-			inq, err := sockio.Queued(c.fd)
+		if c.staged < p.payload {
+			if c.stage == nil {
+				if c.waitStage {
+					return moved, errNoStage // parked already
+				}
+				inq, err := sockio.Queued(c.fd)
+				if err != nil {
+					return moved, err
+				}
+				if inq == 0 {
+					w.setDepth(c, 0)
+					return moved, nil
+				}
+				if c.stage = p.stages.get(); c.stage == nil {
+					w.setDepth(c, inq/p.payload)
+					return moved, errNoStage
+				}
+			}
+			n, err := sockio.Read(c.fd, c.stage[c.staged:])
 			if err != nil {
 				return moved, err
 			}
-			w.setDepth(c, (inq+c.staged)/p.payload)
-			return moved, nil
+			if n == 0 {
+				inq, err := sockio.Queued(c.fd)
+				if err != nil {
+					return moved, err
+				}
+				w.setDepth(c, (inq+c.staged)/p.payload)
+				if c.staged == 0 {
+					w.releaseStage(c)
+				}
+				return moved, nil
+			}
+			c.staged += n
+			if c.staged < p.payload {
+				continue
+			}
 		}
-		c.staged += n
-		if c.staged < p.payload {
-			continue
-		}
-		res, err := w.claim(1, c)
-		if err != nil {
-			return moved, err
+		res, ok := p.ring.TryClaim(1)
+		if !ok {
+			return moved, errRingFull // the sample waits, whole, in stage
 		}
 		p.copySample(res.Start, c.stage)
 		p.ring.Commit(res)
@@ -347,8 +461,38 @@ func (w *worker) readStaged(c *conn) (int, error) {
 		c.owed++
 		c.samples++
 		moved++
+		if one {
+			w.releaseStage(c)
+			return moved, nil
+		}
 	}
 	return moved, nil
+}
+
+// releaseStage gives c's staging buffer back to the budget.
+func (w *worker) releaseStage(c *conn) {
+	if c.stage != nil {
+		w.pool.stages.put(c.stage)
+		c.stage, c.staged = nil, 0
+	}
+}
+
+// watchPartial notes whether c holds a partial sample after its turn, and
+// when that sample last grew, for the stall timeout.
+func (w *worker) watchPartial(c *conn) {
+	held := c.staged + c.queuedPartial
+	if held == 0 {
+		c.partialAt = 0 // the watch list drops it lazily
+		return
+	}
+	if c.partialAt == 0 || held != c.partialBytes {
+		c.partialAt, c.partialBytes = w.pool.now(), held
+	}
+	if !c.inPartials {
+		c.inPartials = true
+		w.partials = append(w.partials, c)
+	}
+	w.stallAt = min(w.stallAt, c.partialAt+int64(w.pool.stallTimeout))
 }
 
 // flush writes c's owed acks until done or the socket's send buffer is

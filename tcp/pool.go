@@ -53,7 +53,23 @@ type Config struct {
 	// Logger receives connection events: opened and closed at Debug,
 	// dropped for an error or refused at Warn. Nil logs nothing.
 	Logger *slog.Logger
+	// StagingBudget bounds the bytes all connections hold in staging
+	// buffers at once (samples read as they arrive: those too large to
+	// wait whole in the kernel, and partial samples on Unix sockets).
+	// 0 means DefaultStagingBudget; it is raised to one sample if smaller.
+	// Past it, connections that need a buffer wait for one.
+	StagingBudget int
+	// StallTimeout drops a connection that holds a partial sample and
+	// sends none of the rest for that long. 0 means DefaultStallTimeout;
+	// negative, never.
+	StallTimeout time.Duration
 }
+
+// DefaultStallTimeout is how long a connection may hold a partial sample
+// without sending more of it before it is dropped: far longer than any
+// honest sender pauses mid-sample, short enough that a peer holding a
+// staging buffer (or a sample's worth of kernel memory) cannot keep it.
+const DefaultStallTimeout = 30 * time.Second
 
 // Pool is a set of workers over one ring, and the acceptor that feeds them
 // connections once Serve has started it.
@@ -69,6 +85,11 @@ type Pool struct {
 	wg        sync.WaitGroup
 	log       *slog.Logger
 	acks      []byte // ackBufLen ack bytes
+	stages    stagePool
+	// stallTimeout is StallTimeout resolved: a very long time when off.
+	stallTimeout time.Duration
+	// stalled counts connections dropped for a stalled partial sample.
+	stalled atomic.Uint64
 
 	// acceptor is set once by Serve; Stats and Close load it.
 	acceptor atomic.Pointer[acceptor]
@@ -103,6 +124,7 @@ func NewPool(cfg Config) (*Pool, error) {
 	if err != nil {
 		return nil, err
 	}
+
 	p := &Pool{
 		ring:      cfg.Ring,
 		payload:   cfg.Spec.PayloadBytes(),
@@ -115,6 +137,19 @@ func NewPool(cfg Config) (*Pool, error) {
 	}
 	for _, l := range cfg.Spec.Leaves() {
 		p.leafBytes = append(p.leafBytes, l.NumBytes())
+	}
+	budget := cfg.StagingBudget
+	if budget <= 0 {
+		budget = DefaultStagingBudget
+	}
+	p.stages = stagePool{payload: p.payload, budget: max(budget, p.payload), wake: p.wakeStageWaiters}
+	switch {
+	case cfg.StallTimeout == 0:
+		p.stallTimeout = DefaultStallTimeout
+	case cfg.StallTimeout < 0:
+		p.stallTimeout = math.MaxInt64 / 4 // never, without overflowing deadlines
+	default:
+		p.stallTimeout = cfg.StallTimeout
 	}
 	for range cfg.Workers {
 		w, err := newWorker(p)
@@ -133,6 +168,14 @@ func NewPool(cfg Config) (*Pool, error) {
 		p.wg.Go(w.run)
 	}
 	return p, nil
+}
+
+// wakeStageWaiters tells every worker that a staging buffer came back.
+func (p *Pool) wakeStageWaiters() {
+	for _, w := range p.workers {
+		w.stageFreed.Store(true)
+		w.poller.Wake()
+	}
 }
 
 // now returns nanoseconds since the pool started, on the monotonic clock.
@@ -257,8 +300,13 @@ type Stats struct {
 	Connections int
 	// Refused counts connections closed before they were served: over
 	// MaxConns, failing their prologue, or failing to be prepared.
-	// AuthFailures counts those refused in authentication.
-	Refused, AuthFailures uint64
+	// AuthFailures counts those refused in authentication. Stalled counts
+	// those dropped for holding a partial sample past the stall timeout.
+	Refused, AuthFailures, Stalled uint64
+	// StagingInUse and StagingHeld are the bytes of staging buffers
+	// handed out to connections, and allocated in all (at most the
+	// budget).
+	StagingInUse, StagingHeld int
 	// QueueDepthSum and QueueDepthMax count the samples waiting in
 	// producer queues and, for connections, whole samples waiting in the
 	// kernel's receive queue when the worker last looked; for
@@ -296,6 +344,8 @@ func (p *Pool) Stats() Stats {
 	if a := p.acceptor.Load(); a != nil {
 		st.Refused, st.AuthFailures = a.refused.Load(), a.authFailed.Load()
 	}
+	st.Stalled = p.stalled.Load()
+	st.StagingInUse, st.StagingHeld = p.stages.stats()
 	if p.detailed {
 		st.DrainRound = hist.Sum(p.rounds...)
 		st.Memcpy = hist.Sum(p.copies...)

@@ -98,6 +98,9 @@ type Listener struct {
 	addr    net.Addr
 	prepare func(fd, payload int) (gated bool, err error)
 	cleanup func() error
+	// stagePartials: a gated connection stages a partial sample as soon
+	// as it arrives (Unix sockets; see conn.go).
+	stagePartials bool
 }
 
 // Addr returns the address the listener is bound to (with the port the
@@ -242,10 +245,11 @@ func listenUnix(path string) (*Listener, error) {
 		return nil, fmt.Errorf("tcp: listen unix %q: %w", path, err)
 	}
 	return &Listener{
-		fd:      fd,
-		addr:    &net.UnixAddr{Name: path, Net: "unix"},
-		prepare: prepareUnix,
-		cleanup: func() error { return os.Remove(path) },
+		fd:            fd,
+		addr:          &net.UnixAddr{Name: path, Net: "unix"},
+		prepare:       prepareUnix,
+		cleanup:       func() error { return os.Remove(path) },
+		stagePartials: true,
 	}, nil
 }
 

@@ -2,6 +2,7 @@ package tcp
 
 import (
 	"errors"
+	"math"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/seed-a9ef92a1/echo/internal/hist"
 	"github.com/seed-a9ef92a1/echo/internal/poller"
+	"github.com/seed-a9ef92a1/echo/internal/sockio"
 	"github.com/seed-a9ef92a1/echo/ringbuf"
 )
 
@@ -48,19 +50,24 @@ type worker struct {
 	iov                   []unix.Iovec // readv scratch, cleared after use
 	maxPerRead            int          // whole samples per readv (IOV_MAX)
 	scratch               []byte       // Drain's buffer
-	// spare holds slots claimed and not yet written (after a short read);
-	// claim hands them out before reserving more. Only this worker fills
-	// them, so a spare left on a worker that never reads again would keep
-	// its batch open.
-	spare ringbuf.Reservation
-	// onFull is w.flushWaiting bound once, for ringbuf.Claim; waiting is
-	// the connection it flushes (nil for producers).
-	onFull  func()
-	waiting *conn
+
+	// ringWait and stageWait are the connections parked until the ring
+	// frees a slot or the staging budget a buffer (conn.waitRing,
+	// conn.waitStage).
+	ringWait, stageWait []*conn
+	// partials is the stall watch list: connections seen holding a partial
+	// sample (conn.partialAt); stallAt is the earliest time, in ns since
+	// the pool's epoch, at which one of them may have stalled.
+	partials []*conn
+	stallAt  int64
+	// spaceWaker is what the ring wakes when it frees a slot.
+	spaceWaker spaceWaker
 
 	queues []*Queue
-	start  int       // rotating offset of the first queue of a round
-	popped []*Buffer // this round's buffers, in insertion order
+	start  int // rotating offset of the first queue of a round
+	// popped holds the buffers popped from the queues and not yet in the
+	// ring, in insertion order: a full ring leaves some for the next round.
+	popped []*Buffer
 	_      [128]byte
 
 	// --- group 1: written by other goroutines ---
@@ -79,7 +86,12 @@ type worker struct {
 	adopt      []*Queue
 	adoptConns []*conn
 	hasAdopt   atomic.Bool
-	_          [128]byte
+	// spaceArmed: the worker is registered with the ring for its next
+	// release. Set by the worker, cleared by the waker (the learner's
+	// goroutine). stageFreed: a staging buffer came back while
+	// connections waited for one; set by any worker, cleared by this one.
+	spaceArmed, stageFreed atomic.Bool
+	_                      [128]byte
 
 	// --- group 2: written by the worker, read by Stats ---
 
@@ -94,14 +106,110 @@ func newWorker(p *Pool) (*worker, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := &worker{pool: p, poller: pl, conns: make([]*conn, 1), scratch: make([]byte, 4096)}
+	w := &worker{pool: p, poller: pl, conns: make([]*conn, 1), scratch: make([]byte, 4096), stallAt: math.MaxInt64}
+	w.spaceWaker = spaceWaker{w}
 	if nl := nonEmpty(p.leafBytes); nl > 0 {
 		w.maxPerRead = max(1, iovMax/nl)
 		w.iov = make([]unix.Iovec, 0, w.maxPerRead*nl)
 	}
 	w.hasWorkFn = w.hasWork
-	w.onFull = w.flushWaiting
 	return w, nil
+}
+
+// spaceWaker wakes a worker parked on a full ring.
+type spaceWaker struct{ w *worker }
+
+// Wake is called by the ring, under its lock, when it frees slots.
+func (s spaceWaker) Wake() {
+	s.w.spaceArmed.Store(false)
+	s.w.poller.Wake()
+}
+
+// armSpace registers the worker to be woken at the ring's next release,
+// once; if a slot is free already, the next round finds it.
+func (w *worker) armSpace() {
+	// Armed before registering: the ring may wake (and disarm) the worker
+	// the moment it is registered.
+	if !w.spaceArmed.Swap(true) && !w.pool.ring.NotifySpace(w.spaceWaker) {
+		w.spaceArmed.Store(false)
+	}
+}
+
+// resume puts the connections parked on a full ring or an empty staging
+// budget back on the backlog once that has changed.
+func (w *worker) resume() {
+	if len(w.ringWait) > 0 && w.pool.ring.HasSpace() {
+		for i, c := range w.ringWait {
+			c.waitRing = false
+			w.requeue(c)
+			w.ringWait[i] = nil
+		}
+		w.ringWait = w.ringWait[:0]
+	}
+	if len(w.stageWait) > 0 && w.stageFreed.Swap(false) {
+		w.pool.stages.waiting.Add(-int32(len(w.stageWait)))
+		for i, c := range w.stageWait {
+			c.waitStage = false
+			w.requeue(c)
+			w.stageWait[i] = nil
+		}
+		w.stageWait = w.stageWait[:0]
+	}
+}
+
+// requeue gives c another turn soon: it goes on the backlog.
+func (w *worker) requeue(c *conn) {
+	if c.fd >= 0 && !c.inBacklog {
+		c.inBacklog = true
+		w.backlog = append(w.backlog, c)
+	}
+}
+
+// checkStalls drops the connections whose partial sample has not grown for
+// the stall timeout. A gated connection's partial sample waits in the
+// kernel, which (with SO_RCVLOWAT) reports no growth: it is measured again
+// here. It returns nothing and does its work only when a deadline passed.
+func (w *worker) checkStalls() {
+	now := w.pool.now()
+	if now < w.stallAt {
+		return
+	}
+	timeout := int64(w.pool.stallTimeout)
+	w.stallAt = math.MaxInt64
+	kept := w.partials[:0]
+	for _, c := range w.partials {
+		if c.fd < 0 || c.partialAt == 0 || c.waitRing || c.waitStage {
+			c.inPartials = false
+			continue
+		}
+		if c.gated && c.staged == 0 {
+			if inq, err := sockio.Queued(c.fd); err == nil && inq != c.queuedPartial {
+				// It grew (or became whole) without an event: serve it.
+				c.queuedPartial = inq
+				c.partialAt, c.partialBytes = now, inq
+				w.requeue(c)
+			}
+		}
+		if now-c.partialAt >= timeout {
+			c.inPartials = false
+			w.pool.stalled.Add(1)
+			w.drop(c, errStalled)
+			continue
+		}
+		w.stallAt = min(w.stallAt, c.partialAt+timeout)
+		kept = append(kept, c)
+	}
+	clear(w.partials[len(kept):])
+	w.partials = kept
+}
+
+// parkDeadline is the time the worker's park must end by: the next stall
+// deadline, or none.
+func (w *worker) parkDeadline() time.Time {
+	if w.stallAt == math.MaxInt64 {
+		return time.Time{}
+	}
+	return w.pool.epoch.Add(time.Duration(w.stallAt))
 }
 
 // run is the worker's loop; it returns when the pool closes. After an
@@ -141,7 +249,7 @@ func (w *worker) run() {
 			continue
 		}
 		idle = 0
-		events, err := w.poller.Park(w.hasWorkFn, time.Time{})
+		events, err := w.poller.Park(w.hasWorkFn, w.parkDeadline())
 		if err == nil {
 			_, err = w.dispatch(events)
 		}
@@ -152,55 +260,72 @@ func (w *worker) run() {
 	}
 }
 
-// round moves every sample its queues held on arrival into the ring and
-// returns how many it moved. It fails only with ringbuf.ErrClosed.
+// round resumes parked connections whose wait is over, checks for stalled
+// ones, and moves every sample its queues held on arrival into the ring; it
+// returns how many samples it moved. It fails only with ringbuf.ErrClosed.
 func (w *worker) round() (int, error) {
 	if w.hasAdopt.Load() {
 		w.takeAdopted()
+	}
+	w.resume()
+	if len(w.partials) > 0 {
+		w.checkStalls()
 	}
 	var t0 int64
 	detailed := w.pool.detailed
 	if detailed {
 		t0 = w.pool.now()
 	}
-	w.popped = w.popped[:0]
 	n := len(w.queues)
-	for i := range n {
-		q := w.queues[(w.start+i)%n]
-		// Pop at most the depth seen now, so a producer that keeps
-		// pushing cannot starve the others.
-		depth := q.filled.Len()
-		if depth == 0 {
-			continue
+	if len(w.popped) == 0 {
+		// Pop only when the last round's buffers are all in: a producer's
+		// samples reach the ring in the order it sent them.
+		for i := range n {
+			q := w.queues[(w.start+i)%n]
+			// Pop at most the depth seen now, so a producer that keeps
+			// pushing cannot starve the others.
+			depth := q.filled.Len()
+			if depth == 0 {
+				continue
+			}
+			w.popped = growTo(w.popped, len(w.popped)+depth)
+			got := q.filled.PopN(w.popped[len(w.popped)-depth:])
+			w.popped = w.popped[:len(w.popped)-depth+got]
 		}
-		w.popped = growTo(w.popped, len(w.popped)+depth)
-		got := q.filled.PopN(w.popped[len(w.popped)-depth:])
-		w.popped = w.popped[:len(w.popped)-depth+got]
-	}
-	if n > 0 {
-		w.start = (w.start + 1) % n
-	}
-	moved := len(w.popped)
-	if moved > 0 {
-		if detailed {
+		if n > 0 {
+			w.start = (w.start + 1) % n
+		}
+		if detailed && len(w.popped) > 0 {
 			now := w.pool.now()
 			for _, b := range w.popped {
 				w.dwell.Record(now - b.enqueued)
 			}
 		}
-		if err := w.insert(w.popped); err != nil {
-			return moved, err
+	}
+	if len(w.popped) == 0 {
+		w.prune()
+		return 0, nil
+	}
+	moved, err := w.insert(w.popped)
+	for i, b := range w.popped[:moved] {
+		b.owner.recycle(b)
+		w.popped[i] = nil
+	}
+	left := copy(w.popped, w.popped[moved:])
+	clear(w.popped[left:])
+	w.popped = w.popped[:left]
+	if err == errRingFull {
+		if w.pool.ring.Closed() {
+			return moved, ringbuf.ErrClosed
 		}
-		for i, b := range w.popped {
-			b.owner.recycle(b)
-			w.popped[i] = nil
-		}
-		if detailed {
-			w.drainRound.Record(w.pool.now() - t0)
-		}
+		w.armSpace()
+		err = nil
+	}
+	if detailed && moved > 0 {
+		w.drainRound.Record(w.pool.now() - t0)
 	}
 	w.prune()
-	return moved, nil
+	return moved, err
 }
 
 // growTo returns s with length n, reallocating only when capacity is short.
@@ -214,55 +339,29 @@ func growTo(s []*Buffer, n int) []*Buffer {
 }
 
 // insert copies bufs into the ring with as few reservations as the batch
-// boundaries allow, waiting for space while the ring is full.
-func (w *worker) insert(bufs []*Buffer) error {
-	for len(bufs) > 0 {
-		res, err := w.claim(len(bufs), nil)
-		if err != nil {
-			return err
+// boundaries allow, and returns how many went in: all of them, or those
+// before the ring filled up (errRingFull).
+func (w *worker) insert(bufs []*Buffer) (int, error) {
+	done := 0
+	for done < len(bufs) {
+		res, ok := w.pool.ring.TryClaim(len(bufs) - done)
+		if !ok {
+			return done, errRingFull
 		}
 		var t0 int64
 		if w.pool.detailed {
 			t0 = w.pool.now()
 		}
 		for k := range res.N {
-			w.pool.copySample(res.Start+uint64(k), bufs[k].Data)
+			w.pool.copySample(res.Start+uint64(k), bufs[done+k].Data)
 		}
 		if w.pool.detailed {
 			w.memcpy.Record(w.pool.now() - t0)
 		}
 		w.pool.ring.Commit(res)
-		bufs = bufs[res.N:]
+		done += res.N
 	}
-	return nil
-}
-
-// claim reserves up to want slots, handing out the worker's spare slots
-// first, and otherwise through the ring's one writer loop, which waits
-// while the ring is full. Before it waits it flushes the acks owed to c
-// (nil for producers). It returns ringbuf.ErrClosed once the ring is
-// closed.
-func (w *worker) claim(want int, c *conn) (ringbuf.Reservation, error) {
-	if w.spare.N > 0 {
-		res := ringbuf.Reservation{Start: w.spare.Start, N: min(want, w.spare.N)}
-		w.spare.Start += uint64(res.N)
-		w.spare.N -= res.N
-		return res, nil
-	}
-	w.waiting = c
-	res, err := w.pool.ring.Claim(want, w.onFull)
-	w.waiting = nil
-	return res, err
-}
-
-// flushWaiting is claim's onFull: a client bounded by its in-flight window
-// must learn of the samples already in the ring, or it would wait for acks
-// the worker is holding while the worker waits for the learner. An error
-// resurfaces at the connection's next write, which drops it.
-func (w *worker) flushWaiting() {
-	if c := w.waiting; c != nil && c.owed > 0 {
-		_ = w.flush(c)
-	}
+	return done, nil
 }
 
 // prune drops closed queues that have nothing left to deliver.
@@ -301,6 +400,22 @@ func (w *worker) takeAdopted() {
 func (w *worker) hasWork() bool {
 	if w.hasAdopt.Load() || w.pool.closed.Load() || len(w.backlog) > 0 {
 		return true
+	}
+	if len(w.stageWait) > 0 && w.stageFreed.Load() {
+		return true
+	}
+	if len(w.ringWait) > 0 || len(w.popped) > 0 {
+		// Connections or producers' samples wait for the ring. Before
+		// parking, make sure its next release wakes this worker: an
+		// earlier registration may have been spent while the worker ran
+		// and another writer took the space.
+		w.armSpace()
+		if w.pool.ring.HasSpace() {
+			return true
+		}
+		if len(w.popped) > 0 {
+			return false // only space helps queued samples: no popping
+		}
 	}
 	for _, q := range w.queues {
 		if q.filled.Len() > 0 || q.closed.Load() {
