@@ -41,46 +41,48 @@ func (s Sample) Copy() Sample {
 	return Sample{Batch: batch, Leaves: leaves, Info: s.Info, spec: s.spec}
 }
 
-// SampleInfo is a snapshot of backpressure metrics, taken per batch.
+// SampleInfo is a snapshot of backpressure metrics, taken per batch. Every
+// count is an int64, so fields compare and subtract without conversions;
+// the totals count from NewServer and never wrap in practice.
 type SampleInfo struct {
 	// StoreSize is the number of samples written to the ring and not yet
 	// handed out, after this batch was taken.
-	StoreSize int
+	StoreSize int64
 	// ActiveConnections is the number of connected network producers.
-	ActiveConnections int
+	ActiveConnections int64
 	// RefusedConnections counts connections closed before they were
 	// served: at accept because WithMaxConnections were open, or in
 	// authentication (WithSharedSecret).
-	RefusedConnections uint64
+	RefusedConnections int64
 	// AuthFailures counts the connections refused in authentication: a
 	// wrong proof, no answer within the timeout, or leaving first.
-	AuthFailures uint64
+	AuthFailures int64
 	// QueueDepthSum is the number of samples waiting in producer queues
 	// (and socket buffers), summed.
-	QueueDepthSum int
+	QueueDepthSum int64
 	// QueueDepthMax is the deepest single producer queue; for a
 	// connection, the most whole samples it had waiting at a worker's look
 	// since the previous batch.
-	QueueDepthMax int
+	QueueDepthMax int64
 	// PushBlockedCount counts the times a sample had to wait: a Submit or
 	// direct producer that found the ring full, a queued producer that
 	// found all its buffers queued, a worker that found the ring full.
-	PushBlockedCount uint64
+	PushBlockedCount int64
 	// SamplesInsertedTotal counts samples written to the ring since start.
-	SamplesInsertedTotal uint64
+	SamplesInsertedTotal int64
 	// NotifyCount counts consumer wake-ups: one per completed batch.
-	NotifyCount uint64
+	NotifyCount int64
 
 	// Detailed reports whether the fields below are measured
 	// (WithDetailedMetrics); they read zero otherwise.
 	Detailed bool
 	// CASSuccessTotal counts successful slot reservations.
-	CASSuccessTotal uint64
+	CASSuccessTotal int64
 	// CASFailureTotal counts reservation CASes lost to another writer.
-	CASFailureTotal uint64
+	CASFailureTotal int64
 	// ReservationRetriesTotal counts reservations retried after finding the
 	// ring full.
-	ReservationRetriesTotal uint64
+	ReservationRetriesTotal int64
 	// DrainRound is the time of one ingress worker round.
 	DrainRound Histogram
 	// Memcpy is the time to copy one reservation's samples into the ring.
@@ -91,7 +93,7 @@ type SampleInfo struct {
 
 // Histogram summarises durations recorded since the last ResetHistograms.
 type Histogram struct {
-	Count          uint64
+	Count          int64
 	Min, Max, Mean time.Duration
 	P50, P90, P99  time.Duration
 }

@@ -303,21 +303,21 @@ func (s *Server) info() SampleInfo {
 	st := s.ring.Stats()
 	ps := s.pool.Stats()
 	in := SampleInfo{
-		StoreSize:            int(st.Stored),
-		ActiveConnections:    ps.Connections,
-		RefusedConnections:   ps.Refused,
-		AuthFailures:         ps.AuthFailures,
-		QueueDepthSum:        ps.QueueDepthSum,
-		QueueDepthMax:        ps.QueueDepthMax,
-		PushBlockedCount:     st.Blocked + ps.PushBlocked,
-		SamplesInsertedTotal: st.Inserted,
-		NotifyCount:          st.Notifies,
+		StoreSize:            int64(st.Stored),
+		ActiveConnections:    int64(ps.Connections),
+		RefusedConnections:   int64(ps.Refused),
+		AuthFailures:         int64(ps.AuthFailures),
+		QueueDepthSum:        int64(ps.QueueDepthSum),
+		QueueDepthMax:        int64(ps.QueueDepthMax),
+		PushBlockedCount:     int64(st.Blocked + ps.PushBlocked),
+		SamplesInsertedTotal: int64(st.Inserted),
+		NotifyCount:          int64(st.Notifies),
 		Detailed:             s.cfg.detailedMetrics,
 	}
 	if s.cfg.detailedMetrics {
-		in.CASSuccessTotal = st.CASSuccess
-		in.CASFailureTotal = st.CASFailure
-		in.ReservationRetriesTotal = st.Retries
+		in.CASSuccessTotal = int64(st.CASSuccess)
+		in.CASFailureTotal = int64(st.CASFailure)
+		in.ReservationRetriesTotal = int64(st.Retries)
 		in.DrainRound = histogram(ps.DrainRound)
 		in.Memcpy = histogram(ps.Memcpy)
 		in.QueueDwell = histogram(ps.QueueDwell)
@@ -327,7 +327,7 @@ func (s *Server) info() SampleInfo {
 
 func histogram(h hist.Summary) Histogram {
 	return Histogram{
-		Count: h.Count,
+		Count: int64(h.Count),
 		Min:   time.Duration(h.Min), Max: time.Duration(h.Max), Mean: time.Duration(h.Mean),
 		P50: time.Duration(h.P50), P90: time.Duration(h.P90), P99: time.Duration(h.P99),
 	}

@@ -123,7 +123,7 @@ func TestConcurrentSubmitExactlyOnce(t *testing.T) {
 			t.Errorf("producer %d: %d samples delivered, want %d", p, n, perProducer)
 		}
 	}
-	if last.SamplesInsertedTotal != uint64(producers*perProducer) || last.NotifyCount != uint64(batches) || last.StoreSize != 0 {
+	if last.SamplesInsertedTotal != int64(producers*perProducer) || last.NotifyCount != int64(batches) || last.StoreSize != 0 {
 		t.Errorf("final info %+v: want %d inserted, %d notifies, 0 stored", last, producers*perProducer, batches)
 	}
 }
