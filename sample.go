@@ -46,7 +46,9 @@ func (s Sample) Copy() Sample {
 // the totals count from NewServer and never wrap in practice.
 type SampleInfo struct {
 	// StoreSize is the number of samples written to the ring and not yet
-	// handed out, after this batch was taken.
+	// handed out, after this batch was taken. It counts the samples of
+	// batches not yet complete: they come out only once their batch
+	// fills, and those still in the ring when the server closes never do.
 	StoreSize int64
 	// ActiveConnections is the number of connected network producers.
 	ActiveConnections int64

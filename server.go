@@ -271,6 +271,15 @@ func (s *Server) mismatch(err error) error { return mismatchError(err, "server e
 // overwritten from now on. It returns an error wrapping ErrClosed once the
 // server is closed, and ctx's error if ctx is done first.
 //
+// Batches are whole: a batch comes out only once batchSize samples have
+// filled it, and there is no partial last batch. Samples that do not yet
+// make up a batch wait in the ring (SampleInfo.StoreSize counts them).
+// Close ends delivery at once: from then on Sample returns ErrClosed, and
+// the samples still in the ring, an unfinished batch's as well as those of
+// batches not yet taken, are dropped. A learner that must see every sample
+// has its actors send a multiple of batchSize and takes every batch before
+// it calls Close.
+//
 // Sample allocates nothing.
 func (s *Server) Sample(ctx context.Context) (Sample, error) {
 	s.consumeMu.Lock()
@@ -341,25 +350,43 @@ type batchesConfig struct{ copied bool }
 // Copied makes Batches yield deep copies that outlive the next step.
 func Copied() BatchesOption { return func(c *batchesConfig) { c.copied = true } }
 
-// Batches iterates over batches until the server closes or ctx is done
-// (the iteration then simply ends; call Sample to see the error). Without
-// Copied, each yielded sample is valid only until the next step. Breaking
-// out of the loop keeps the last batch valid until the next Sample.
-func (s *Server) Batches(ctx context.Context, opts ...BatchesOption) iter.Seq[Sample] {
+// Batches returns an iterator over the server's batches for a range
+// loop. Each step calls Sample and yields (batch, nil). When Sample fails
+// the loop gets (Sample{}, err) once and the iteration ends: err wraps
+// ErrClosed once the server is closed (the normal end), or is ctx's error
+// once ctx is done.
+//
+//	for smp, err := range srv.Batches(ctx) {
+//		if err != nil {
+//			// errors.Is(err, echo.ErrClosed) is the normal end
+//			break
+//		}
+//		train(smp.Batch)
+//	}
+//
+// Like Sample, Batches yields whole batches only: samples of a batch still
+// unfinished when the server closes never come out.
+//
+// Without Copied, each yielded sample views ring memory and is valid only
+// until the next step; breaking out of the loop keeps the last batch valid
+// until the next Sample. With Copied, each is a deep copy the caller may
+// keep.
+func (s *Server) Batches(ctx context.Context, opts ...BatchesOption) iter.Seq2[Sample, error] {
 	var c batchesConfig
 	for _, o := range opts {
 		o(&c)
 	}
-	return func(yield func(Sample) bool) {
+	return func(yield func(Sample, error) bool) {
 		for {
 			smp, err := s.Sample(ctx)
 			if err != nil {
+				yield(Sample{}, err)
 				return
 			}
 			if c.copied {
 				smp = smp.Copy()
 			}
-			if !yield(smp) {
+			if !yield(smp, nil) {
 				return
 			}
 		}

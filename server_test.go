@@ -168,7 +168,10 @@ func TestCopyOutlivesNextSample(t *testing.T) {
 		t.Fatal(err)
 	}
 	var kept []echo.Sample
-	for smp := range s.Batches(context.Background(), echo.Copied()) {
+	for smp, err := range s.Batches(context.Background(), echo.Copied()) {
+		if err != nil {
+			t.Fatal(err)
+		}
 		kept = append(kept, smp)
 		if len(kept) == 6 {
 			break
@@ -420,8 +423,18 @@ func TestBatchesEndsOnClose(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	n := 0
-	for smp := range s.Batches(context.Background()) {
+	n, errs := 0, 0
+	for smp, err := range s.Batches(context.Background()) {
+		if err != nil {
+			errs++
+			if !errors.Is(err, echo.ErrClosed) {
+				t.Fatalf("Batches ended with %v, want ErrClosed", err)
+			}
+			if smp.Batch != nil || smp.Leaves != nil {
+				t.Errorf("the error step carries a batch: %+v", smp)
+			}
+			continue // the iteration must end by itself after the error
+		}
 		if rows := checkBatch(t, smp, 1); rows[0] != [2]int{6, n} {
 			t.Fatalf("batch %d is %v", n, rows)
 		}
@@ -430,8 +443,60 @@ func TestBatchesEndsOnClose(t *testing.T) {
 			go s.Close()
 		}
 	}
-	if n != 3 {
-		t.Fatalf("iterated %d batches, want 3", n)
+	if n != 3 || errs != 1 {
+		t.Fatalf("iterated %d batches and %d errors, want 3 and 1", n, errs)
+	}
+}
+
+func TestBatchesEndsWithContext(t *testing.T) {
+	s := newServer(t, 1)
+	if err := s.Submit(numbered(7, 0)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	n := 0
+	var last error
+	for smp, err := range s.Batches(ctx, echo.Copied()) {
+		if err != nil {
+			last = err
+			continue
+		}
+		if rows := checkBatch(t, smp, 1); rows[0] != [2]int{7, 0} {
+			t.Fatalf("batch %d is %v", n, rows)
+		}
+		n++
+		cancel() // the next Sample finds the ring empty and ctx done
+	}
+	if n != 1 || !errors.Is(last, context.Canceled) {
+		t.Fatalf("iterated %d batches, ended with %v; want 1 and context.Canceled", n, last)
+	}
+}
+
+// TestUnfinishedBatchNeverComesOut: batches are whole; the samples of one
+// still unfinished at Close are counted in StoreSize and dropped.
+func TestUnfinishedBatchNeverComesOut(t *testing.T) {
+	s := newServer(t, 2)
+	for seq := range 3 {
+		if err := s.Submit(numbered(8, seq)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []echo.Sample
+	var end error
+	for smp, err := range s.Batches(context.Background()) {
+		if err != nil {
+			end = err
+			break
+		}
+		got = append(got, smp)
+		if smp.Info.StoreSize != 1 {
+			t.Errorf("StoreSize %d after the first batch, want the 1 sample of the next", smp.Info.StoreSize)
+		}
+		s.Close()
+	}
+	if len(got) != 1 || !errors.Is(end, echo.ErrClosed) {
+		t.Fatalf("%d batches, ended with %v; want 1 and ErrClosed", len(got), end)
 	}
 }
 

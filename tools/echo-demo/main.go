@@ -116,7 +116,14 @@ func run(name string, clients, producers int, duration time.Duration, batch int)
 	lastPrint := start
 	var batches int
 	var last echo.SampleInfo
-	for smp := range srv.Batches(ctx) {
+	for smp, err := range srv.Batches(ctx) {
+		if err != nil {
+			// The run ends when ctx's duration is up.
+			if !errors.Is(err, context.DeadlineExceeded) {
+				return err
+			}
+			break
+		}
 		batches++
 		last = smp.Info
 		if now := time.Now(); now.Sub(lastPrint) >= 250*time.Millisecond {
