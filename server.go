@@ -293,9 +293,13 @@ func (s *Server) Sample(ctx context.Context) (Sample, error) {
 		return Sample{}, err
 	}
 	tree := s.slabTrees[slab]
-	if err := s.batchSpec.Refill(tree, s.slabBoxed[slab]); err != nil {
-		// The tree was built by Unflatten of this spec: a failure is a bug.
-		panic("echo: refilling a batch tree: " + err.Error())
+	// An example that is a single array makes a batch tree that is one
+	// Array value, which no caller can edit: there is nothing to refill.
+	if _, leaf := tree.(pytree.Array); !leaf {
+		if err := s.batchSpec.Refill(tree, s.slabBoxed[slab]); err != nil {
+			// The tree was built by Unflatten of this spec: a failure is a bug.
+			panic("echo: refilling a batch tree: " + err.Error())
+		}
 	}
 	out := s.outLeaves[slab]
 	copy(out, s.slabLeaves[slab])

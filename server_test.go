@@ -6,6 +6,7 @@ import (
 	"errors"
 	"expvar"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -208,6 +209,34 @@ func TestRefillRestoresEditedBatch(t *testing.T) {
 		delete(tree, "payload")
 		tree["extra"] = 1
 		smp.Leaves[0] = pytree.Array{}
+	}
+}
+
+// TestSingleArrayExample: an example may be one array, not a container;
+// every batch is then one Array of shape (batchSize, *example.shape).
+func TestSingleArrayExample(t *testing.T) {
+	s := newServerFor(t, pytree.MustOf(make([]int32, 3)), 2, echo.WithNumBuffers(2))
+	for round := range 4 { // every slab twice
+		for i := range 2 {
+			if err := s.Submit(pytree.MustOf([]int32{int32(round), int32(i), 7})); err != nil {
+				t.Fatal(err)
+			}
+		}
+		smp, err := s.Sample(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, ok := smp.Batch.(pytree.Array)
+		if !ok || a.String() != "int32[2 3]" || len(smp.Leaves) != 1 {
+			t.Fatalf("round %d: batch %#v with %d leaves, want one int32[2 3]", round, smp.Batch, len(smp.Leaves))
+		}
+		got, _ := a.Int32()
+		if want := []int32{int32(round), 0, 7, int32(round), 1, 7}; !slices.Equal(got, want) {
+			t.Fatalf("round %d: batch %v, want %v", round, got, want)
+		}
+		if c := smp.Copy(); c.Batch.(pytree.Array).String() != "int32[2 3]" {
+			t.Fatalf("copy of a single-array batch is %v", c.Batch)
+		}
 	}
 }
 
