@@ -1,6 +1,10 @@
 package echo
 
 import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/seed-a9ef92a1/echo/pytree"
@@ -39,6 +43,61 @@ func (s Sample) Copy() Sample {
 		panic("echo: copying a sample: " + err.Error())
 	}
 	return Sample{Batch: batch, Leaves: leaves, Info: s.Info, spec: s.spec}
+}
+
+// ErrUnknownLeaf is returned (wrapped, with the path asked for and the
+// paths the batch has) by Sample.Leaf and View for a path the batch does
+// not have.
+var ErrUnknownLeaf = errors.New("echo: unknown leaf")
+
+// Leaf returns the batch's leaf at path, an array of shape (batchSize,
+// *leaf.shape) viewing the same memory as Batch. A path names a leaf as
+// the server's spec does (Server.Spec().Leaves()[i].Path): dict keys and
+// list or tuple indices joined by "/", such as "obs", "obs/radars" or
+// "a/0"; a batch whose example is a single array has the one path "".
+// Where dict keys themselves hold "/" two leaves may share a path; the
+// first in flatten order is found.
+//
+// A path the batch does not have returns an error wrapping ErrUnknownLeaf
+// that names the known paths. Leaf allocates nothing when it succeeds.
+func (s Sample) Leaf(path string) (pytree.Array, error) {
+	if s.spec == nil {
+		return pytree.Array{}, fmt.Errorf("%w: %q: the Sample holds no batch", ErrUnknownLeaf, path)
+	}
+	leaves := s.spec.Leaves()
+	for i := range leaves {
+		if leaves[i].Path == path && i < len(s.Leaves) {
+			return s.Leaves[i], nil
+		}
+	}
+	known := make([]string, len(leaves))
+	for i, l := range leaves {
+		known[i] = strconv.Quote(l.Path)
+	}
+	return pytree.Array{}, fmt.Errorf("%w: %q (known: %s)", ErrUnknownLeaf, path, strings.Join(known, ", "))
+}
+
+// View returns the elements of the batch's leaf at path (see Sample.Leaf)
+// as a []T of batchSize·prod(leaf.shape) elements in row-major order,
+// without copying: sample i of the batch is the i-th run of
+// prod(leaf.shape) elements. Like every view of a batch, it is valid until
+// the next Sample call (unless the sample is a Copy).
+//
+//	obs, err := echo.View[float32](smp, "obs")
+//
+// A path the batch does not have returns an error wrapping ErrUnknownLeaf;
+// a leaf whose dtype is not T's (see pytree.DTypeOf) one wrapping
+// pytree.ErrDType that names both. View allocates nothing when it succeeds.
+func View[T pytree.Element](s Sample, path string) ([]T, error) {
+	a, err := s.Leaf(path)
+	if err != nil {
+		return nil, err
+	}
+	v, err := pytree.View[T](a)
+	if err != nil {
+		return nil, fmt.Errorf("echo: leaf %q: %w", path, err)
+	}
+	return v, nil
 }
 
 // SampleInfo is a snapshot of backpressure metrics, taken per batch. Every
