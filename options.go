@@ -17,14 +17,15 @@ const (
 	// returns promptly never stalls a producer.
 	DefaultNumBuffers = 3
 	// DefaultNumDrainers is the number of ingress workers that move samples
-	// from producer queues (and, later, sockets) into the ring, capped at
-	// GOMAXPROCS when that is smaller: each worker is a loop on its own OS
-	// thread, and more of them than cores only take turns (on 2 cores, 8
-	// workers halved W2 throughput with 64 producers against 2).
+	// from producer queues and connections into the ring, capped at
+	// GOMAXPROCS when that is smaller: a worker keeps a core busy while it
+	// has samples to move, and more of them than cores only take turns (on
+	// 2 cores, 8 workers halved W2 throughput with 64 producers against 2).
 	DefaultNumDrainers = 8
 	// DefaultDirectProducerBytes is the sample size from which producers
-	// write straight into the ring instead of queueing: at 8 KiB a second
-	// copy costs more than a contended CAS on the ring's cursor.
+	// write straight into the ring instead of queueing: from 8 KiB the
+	// queue's second copy costs more than producers contending for ring
+	// slots.
 	DefaultDirectProducerBytes = 8 << 10
 	// DefaultProducerQueueSize is the number of samples each producer may
 	// have queued before Send waits.
@@ -127,8 +128,9 @@ func WithTCP(addr string) Option {
 }
 
 // WithUnix makes Start listen on a Unix-domain stream socket at path, for
-// actors on the same host; the same wire protocol and the same epoll
-// ingress serve it. Start fails if path exists; Close removes it.
+// actors on the same host, with the same wire protocol as TCP (Dial's
+// address is "unix:" + path). Start fails if path exists; Close removes
+// it.
 func WithUnix(path string) Option {
 	return func(c *config) { c.transports = append(c.transports, tcp.Unix(path)) }
 }

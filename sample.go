@@ -15,9 +15,12 @@ import (
 // Batch and Leaves view the server's ring memory: they are valid until the
 // next Sample call on the same server (or the next step of a Batches loop).
 // Close does not unmap a batch the consumer still holds; the next Sample
-// (which returns ErrClosed) does. Copy them, with Copy, to keep them longer. The server owns
-// the tree and the Leaves slice too and restores them on every call, so a
-// caller that edits them only spoils its own current view.
+// (which returns ErrClosed) does. Take a Copy to keep a batch longer. The
+// server owns the tree and the Leaves slice too and restores them on every
+// call, so a caller that edits them only spoils its own current view.
+//
+// Leaf and View find one leaf by its path; the zero Sample (what a Batches
+// loop yields with an error) holds no batch.
 type Sample struct {
 	// Batch is a tree shaped like the server's example whose leaves have
 	// shape (batchSize, *leaf.shape).

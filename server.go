@@ -71,9 +71,11 @@ type Server struct {
 }
 
 // NewServer returns a server for samples shaped like example, handed out in
-// batches of batchSize. It maps and faults in the whole ring now, so the
-// first batch pays no page faults, and starts the ingress workers that
-// drain producers (they park until a producer sends).
+// batches of batchSize. It maps and faults in the whole ring now
+// (NumBuffers·batchSize samples; see Memory), so the first batch pays no
+// page faults, and starts the workers that move samples into the ring
+// (idle until a producer sends or, after Start, an actor connects); Close
+// stops them. Until Start, the server takes samples in process only.
 func NewServer(example any, batchSize int, opts ...Option) (*Server, error) {
 	cfg := defaultConfig()
 	for _, o := range opts {
