@@ -502,11 +502,12 @@ func TestBatchesEndsWithContext(t *testing.T) {
 	}
 }
 
-// TestUnfinishedBatchNeverComesOut: batches are whole; the samples of one
-// still unfinished at Close are counted in StoreSize and dropped.
-func TestUnfinishedBatchNeverComesOut(t *testing.T) {
+// TestCloseDropsWhatIsNotTaken: batches are whole, and Close ends
+// delivery at once. The samples of a complete batch not yet taken and of
+// an unfinished one are counted in StoreSize and dropped.
+func TestCloseDropsWhatIsNotTaken(t *testing.T) {
 	s := newServer(t, 2)
-	for seq := range 3 {
+	for seq := range 5 {
 		if err := s.Submit(numbered(8, seq)); err != nil {
 			t.Fatal(err)
 		}
@@ -519,8 +520,8 @@ func TestUnfinishedBatchNeverComesOut(t *testing.T) {
 			break
 		}
 		got = append(got, smp)
-		if smp.Info.StoreSize != 1 {
-			t.Errorf("StoreSize %d after the first batch, want the 1 sample of the next", smp.Info.StoreSize)
+		if smp.Info.StoreSize != 3 {
+			t.Errorf("StoreSize %d after the first batch, want 3: a whole batch and 1 sample", smp.Info.StoreSize)
 		}
 		s.Close()
 	}
