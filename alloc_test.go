@@ -131,3 +131,33 @@ func TestTrajectoryAddAllocatesNothing(t *testing.T) {
 		t.Fatalf("Add×4 + Build allocates %.1f times, want 0", n)
 	}
 }
+
+// TestViewAllocatesNothing: reading a leaf of a batch by its path.
+func TestViewAllocatesNothing(t *testing.T) {
+	w := bench.Workloads()[2] // W3: the most leaves to search
+	sample := w.MustSample(1)
+	s := newServerFor(t, sample, 1)
+	if err := s.Submit(sample); err != nil {
+		t.Fatal(err)
+	}
+	smp, err := s.Sample(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaves := s.Spec().Leaves()
+	last := leaves[len(leaves)-1].Path // the longest search
+	var n int
+	if allocs := testing.AllocsPerRun(100, func() {
+		a, err := smp.Leaf(last)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ts, err := echo.View[float64](smp, "_send_ts")
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += a.NumBytes() + len(ts)
+	}); allocs != 0 {
+		t.Fatalf("Leaf + View allocate %.1f times, want 0", allocs)
+	}
+}

@@ -6,9 +6,29 @@
 // and a batch size. Actors hand it samples that match the example exactly:
 // over TCP or Unix sockets with a [Client] (or echo's own Python TcpClient:
 // the wire protocol is echo's version 1), or in process with a [Producer]
-// or [Server.Submit]. The learner calls [Server.Sample] and gets a batch
-// whose every leaf is one contiguous array of shape (batchSize,
-// *leaf.shape), viewing the server's ring memory directly.
+// or [Server.Submit]. An actor that produces a sample one step at a time
+// can assemble it with a [TrajectoryAccumulator].
+//
+// # Taking batches
+//
+// The learner calls [Server.Sample], or ranges over [Server.Batches], and
+// gets a batch whose every leaf is one contiguous array of shape
+// (batchSize, *leaf.shape), with no copy:
+//
+//	for smp, err := range srv.Batches(ctx) {
+//		if err != nil {
+//			break // errors.Is(err, echo.ErrClosed) after Close
+//		}
+//		obs, err := echo.View[float32](smp, "obs") // batchSize·8 floats
+//		...
+//	}
+//
+// [Sample.Batch] is the batch as a tree shaped like the example,
+// [Sample.Leaves] its leaves in flatten order, [Sample.Leaf] and [View]
+// one leaf by its path, and [Sample.Info] the server's metrics when the
+// batch was taken ([SampleInfo]). Batches are whole: a batch comes out once
+// batchSize samples have filled it, so the samples of a batch still
+// unfinished when the server closes never come out.
 //
 // # Lifetime of batch views
 //
@@ -18,11 +38,14 @@
 // holds mapped until its next Sample, which returns ErrClosed and unmaps the
 // ring. Use [Sample.Copy], or Batches with [Copied], to keep a batch longer.
 //
-// The hot path lives in three files: ringbuf/ring.go (slot claims, commits,
-// batch hand-off), server.go (Submit, Sample) and pytree/spec.go (validation
-// and flattening against the example). Over the network it is
-// ingress/conn.go (FIONREAD, one readv into the slots, one write of acks)
-// and client.go (one writev per sample).
+// # Cost
+//
+// Submit, Producer.Send, Client.Send and Sample allocate nothing once
+// warm. A sample is copied into the ring once: from the caller's arrays
+// (Submit, producers of large samples) or from the socket (clients);
+// producers of small samples copy it into buffers of their own first, so
+// that Send returns at once. NewServer maps and faults in the whole ring,
+// NumBuffers·batchSize samples, before it returns.
 //
 // # Security
 //
@@ -30,9 +53,7 @@
 // reaches it may send samples, as with echo, unless [WithSharedSecret] makes
 // every connection prove it holds a secret first (an HMAC-SHA256
 // challenge–response in both directions; the secret never crosses the
-// wire); Go clients answer with [WithClientSecret]. Package integrity and
-// package loadgen test what reaches the learner when actors crash or turn
-// hostile.
+// wire); Go clients answer with [WithClientSecret].
 package echo
 
 import (

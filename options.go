@@ -17,14 +17,15 @@ const (
 	// returns promptly never stalls a producer.
 	DefaultNumBuffers = 3
 	// DefaultNumDrainers is the number of ingress workers that move samples
-	// from producer queues (and, later, sockets) into the ring, capped at
-	// GOMAXPROCS when that is smaller: each worker is a loop on its own OS
-	// thread, and more of them than cores only take turns (on 2 cores, 8
-	// workers halved W2 throughput with 64 producers against 2).
+	// from producer queues and connections into the ring, capped at
+	// GOMAXPROCS when that is smaller: a worker keeps a core busy while it
+	// has samples to move, and more of them than cores only take turns (on
+	// 2 cores, 8 workers halved W2 throughput with 64 producers against 2).
 	DefaultNumDrainers = 8
 	// DefaultDirectProducerBytes is the sample size from which producers
-	// write straight into the ring instead of queueing: at 8 KiB a second
-	// copy costs more than a contended CAS on the ring's cursor.
+	// write straight into the ring instead of queueing: from 8 KiB the
+	// queue's second copy costs more than producers contending for ring
+	// slots.
 	DefaultDirectProducerBytes = 8 << 10
 	// DefaultProducerQueueSize is the number of samples each producer may
 	// have queued before Send waits.
@@ -46,6 +47,8 @@ type config struct {
 	maxPayload          int64
 	secret              []byte // nil: no authentication
 	authTimeout         time.Duration
+	stagingBudget       int64
+	stallTimeout        time.Duration
 }
 
 func defaultConfig() config {
@@ -73,6 +76,9 @@ func (c config) validate() error {
 	}
 	if c.secret != nil && len(c.secret) < wire.MinSecretLen {
 		return fmt.Errorf("%w: shared secret of %d bytes, must be at least %d", ErrBadConfig, len(c.secret), wire.MinSecretLen)
+	}
+	if c.stagingBudget < 0 {
+		return fmt.Errorf("%w: staging budget %d bytes, must not be negative", ErrBadConfig, c.stagingBudget)
 	}
 	if c.authTimeout < 0 {
 		return fmt.Errorf("%w: auth timeout %v, must not be negative", ErrBadConfig, c.authTimeout)
@@ -127,8 +133,9 @@ func WithTCP(addr string) Option {
 }
 
 // WithUnix makes Start listen on a Unix-domain stream socket at path, for
-// actors on the same host; the same wire protocol and the same epoll
-// ingress serve it. Start fails if path exists; Close removes it.
+// actors on the same host, with the same wire protocol as TCP (Dial's
+// address is "unix:" + path). Start fails if path exists; Close removes
+// it.
 func WithUnix(path string) Option {
 	return func(c *config) { c.transports = append(c.transports, tcp.Unix(path)) }
 }
@@ -169,3 +176,20 @@ func WithSharedSecret(secret []byte) Option {
 // (default tcp.DefaultPrologueTimeout, 5 s). Without WithSharedSecret it
 // bounds the handshake alone, which a peer that reads takes at once.
 func WithAuthTimeout(d time.Duration) Option { return func(c *config) { c.authTimeout = d } }
+
+// WithStagingBudget bounds the memory, in bytes, that all connections may
+// hold at once in staging buffers (default tcp.DefaultStagingBudget, 256
+// MiB; at least one sample). Samples too large to wait whole in the
+// kernel are read into such a buffer as they arrive, and so are partial
+// samples on Unix sockets. A connection takes a buffer when a sample's
+// first byte arrives, not when it connects, so idle connections hold none;
+// past the budget, connections that need one wait for one.
+func WithStagingBudget(bytes int64) Option { return func(c *config) { c.stagingBudget = bytes } }
+
+// WithStallTimeout sets how long a connection may hold a partial sample
+// without sending more of it before it is dropped (default
+// tcp.DefaultStallTimeout, 30 s; negative: never). Each such drop is
+// counted in SampleInfo.StalledConnections and logged once at Warn. The
+// timeout bounds how long one stalled peer can keep a staging buffer, and
+// so how long it can hold up other connections waiting for one.
+func WithStallTimeout(d time.Duration) Option { return func(c *config) { c.stallTimeout = d } }

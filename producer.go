@@ -11,22 +11,24 @@ import (
 // ErrProducerClosed is returned by Send after the producer's Close.
 var ErrProducerClosed = errors.New("echo: producer closed")
 
-// Producer is one goroutine's own path into a server. It takes one of two
-// routes, chosen once by sample size (WithDirectProducerBytes):
+// Producer is one goroutine's own path into a server, for actors in the
+// learner's process. It takes one of two routes, chosen once by sample size
+// (WithDirectProducerBytes):
 //
 //   - Queued (samples under the threshold, 8 KiB by default): Send copies
-//     the sample into one of WithProducerQueueSize recycled buffers and
-//     pushes it on the producer's lock-free SPSC queue; an ingress worker
-//     drains many queues per round and claims slots for all of them with as
-//     few CASes as the batch boundaries allow. Producers never contend with
-//     each other, and the per-sample cost is a copy of a few bytes.
-//   - Direct (larger samples): Send claims a slot with one CAS and copies
-//     the sample straight into the ring, as Submit does. A second copy of a
-//     large sample costs more than a contended CAS ever does, so the queue
-//     would only halve the bandwidth (see the README's producer table).
+//     the sample into one of the producer's WithProducerQueueSize buffers
+//     and returns; the server's workers move it into the ring. Producers
+//     do not wait on each other, and Send costs a copy of the sample.
+//   - Direct (larger samples): Send copies the sample straight into the
+//     ring, as Submit does, and returns once it is there.
+//
+// Either way, Send waits while the producer cannot hand on its sample (all
+// its buffers queued, or the ring full) and counts it in
+// SampleInfo.PushBlockedCount.
 //
 // A Producer is for one goroutine: Send and Close must not be called
 // concurrently. Samples from one producer reach batches in the order sent.
+// Give each actor goroutine its own.
 type Producer struct {
 	srv    *Server
 	q      *tcp.Queue     // nil on the direct route

@@ -83,7 +83,7 @@ func TestProducersExactlyOnce(t *testing.T) {
 				s := newServer(t, tc.batch, echo.WithNumBuffers(2), echo.WithNumDrainers(tc.drainers),
 					echo.WithProducerQueueSize(4), echo.WithDetailedMetrics(true), route.opt)
 				info := runProducers(t, s, tc.producers, per, tc.batch)
-				total := uint64(tc.producers * per)
+				total := int64(tc.producers * per)
 				if info.SamplesInsertedTotal != total || info.QueueDepthSum != 0 {
 					t.Errorf("info %+v: want %d inserted, nothing queued", info, total)
 				}
@@ -180,7 +180,7 @@ func testProducerCloseMidStream(t *testing.T, route echo.Option) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := uint64(3 + 9 + 1 + 6 + batch - total); smp.Info.SamplesInsertedTotal != want {
+	if want := int64(3 + 9 + 1 + 6 + batch - total); smp.Info.SamplesInsertedTotal != want {
 		t.Errorf("%d inserted, want %d", smp.Info.SamplesInsertedTotal, want)
 	}
 	prod.Close()

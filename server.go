@@ -71,9 +71,11 @@ type Server struct {
 }
 
 // NewServer returns a server for samples shaped like example, handed out in
-// batches of batchSize. It maps and faults in the whole ring now, so the
-// first batch pays no page faults, and starts the ingress workers that
-// drain producers (they park until a producer sends).
+// batches of batchSize. It maps and faults in the whole ring now
+// (NumBuffers·batchSize samples; see Memory), so the first batch pays no
+// page faults, and starts the workers that move samples into the ring
+// (idle until a producer sends or, after Start, an actor connects); Close
+// stops them. Until Start, the server takes samples in process only.
 func NewServer(example any, batchSize int, opts ...Option) (*Server, error) {
 	cfg := defaultConfig()
 	for _, o := range opts {
@@ -141,6 +143,7 @@ func NewServer(example any, batchSize int, opts ...Option) (*Server, error) {
 	}
 	s.pool, err = tcp.NewPool(tcp.Config{
 		Ring: ring, Spec: spec, Workers: cfg.numDrainers, Detailed: cfg.detailedMetrics, Logger: cfg.logger,
+		StagingBudget: cfg.stagingBudget, StallTimeout: cfg.stallTimeout,
 	})
 	if err != nil {
 		ring.Free()
@@ -271,6 +274,15 @@ func (s *Server) mismatch(err error) error { return mismatchError(err, "server e
 // overwritten from now on. It returns an error wrapping ErrClosed once the
 // server is closed, and ctx's error if ctx is done first.
 //
+// Batches are whole: a batch comes out only once batchSize samples have
+// filled it, and there is no partial last batch. Samples that do not yet
+// make up a batch wait in the ring (SampleInfo.StoreSize counts them).
+// Close ends delivery at once: from then on Sample returns ErrClosed, and
+// the samples still in the ring, an unfinished batch's as well as those of
+// batches not yet taken, are dropped. A learner that must see every sample
+// has its actors send a multiple of batchSize and takes every batch before
+// it calls Close.
+//
 // Sample allocates nothing.
 func (s *Server) Sample(ctx context.Context) (Sample, error) {
 	s.consumeMu.Lock()
@@ -284,9 +296,13 @@ func (s *Server) Sample(ctx context.Context) (Sample, error) {
 		return Sample{}, err
 	}
 	tree := s.slabTrees[slab]
-	if err := s.batchSpec.Refill(tree, s.slabBoxed[slab]); err != nil {
-		// The tree was built by Unflatten of this spec: a failure is a bug.
-		panic("echo: refilling a batch tree: " + err.Error())
+	// An example that is a single array makes a batch tree that is one
+	// Array value, which no caller can edit: there is nothing to refill.
+	if _, leaf := tree.(pytree.Array); !leaf {
+		if err := s.batchSpec.Refill(tree, s.slabBoxed[slab]); err != nil {
+			// The tree was built by Unflatten of this spec: a failure is a bug.
+			panic("echo: refilling a batch tree: " + err.Error())
+		}
 	}
 	out := s.outLeaves[slab]
 	copy(out, s.slabLeaves[slab])
@@ -303,21 +319,22 @@ func (s *Server) info() SampleInfo {
 	st := s.ring.Stats()
 	ps := s.pool.Stats()
 	in := SampleInfo{
-		StoreSize:            int(st.Stored),
-		ActiveConnections:    ps.Connections,
-		RefusedConnections:   ps.Refused,
-		AuthFailures:         ps.AuthFailures,
-		QueueDepthSum:        ps.QueueDepthSum,
-		QueueDepthMax:        ps.QueueDepthMax,
-		PushBlockedCount:     st.Blocked + ps.PushBlocked,
-		SamplesInsertedTotal: st.Inserted,
-		NotifyCount:          st.Notifies,
+		StoreSize:            int64(st.Stored),
+		ActiveConnections:    int64(ps.Connections),
+		RefusedConnections:   int64(ps.Refused),
+		AuthFailures:         int64(ps.AuthFailures),
+		StalledConnections:   int64(ps.Stalled),
+		QueueDepthSum:        int64(ps.QueueDepthSum),
+		QueueDepthMax:        int64(ps.QueueDepthMax),
+		PushBlockedCount:     int64(st.Blocked + ps.PushBlocked),
+		SamplesInsertedTotal: int64(st.Inserted),
+		NotifyCount:          int64(st.Notifies),
 		Detailed:             s.cfg.detailedMetrics,
 	}
 	if s.cfg.detailedMetrics {
-		in.CASSuccessTotal = st.CASSuccess
-		in.CASFailureTotal = st.CASFailure
-		in.ReservationRetriesTotal = st.Retries
+		in.CASSuccessTotal = int64(st.CASSuccess)
+		in.CASFailureTotal = int64(st.CASFailure)
+		in.ReservationRetriesTotal = int64(st.Retries)
 		in.DrainRound = histogram(ps.DrainRound)
 		in.Memcpy = histogram(ps.Memcpy)
 		in.QueueDwell = histogram(ps.QueueDwell)
@@ -327,7 +344,7 @@ func (s *Server) info() SampleInfo {
 
 func histogram(h hist.Summary) Histogram {
 	return Histogram{
-		Count: h.Count,
+		Count: int64(h.Count),
 		Min:   time.Duration(h.Min), Max: time.Duration(h.Max), Mean: time.Duration(h.Mean),
 		P50: time.Duration(h.P50), P90: time.Duration(h.P90), P99: time.Duration(h.P99),
 	}
@@ -341,25 +358,43 @@ type batchesConfig struct{ copied bool }
 // Copied makes Batches yield deep copies that outlive the next step.
 func Copied() BatchesOption { return func(c *batchesConfig) { c.copied = true } }
 
-// Batches iterates over batches until the server closes or ctx is done
-// (the iteration then simply ends; call Sample to see the error). Without
-// Copied, each yielded sample is valid only until the next step. Breaking
-// out of the loop keeps the last batch valid until the next Sample.
-func (s *Server) Batches(ctx context.Context, opts ...BatchesOption) iter.Seq[Sample] {
+// Batches returns an iterator over the server's batches for a range
+// loop. Each step calls Sample and yields (batch, nil). When Sample fails
+// the loop gets (Sample{}, err) once and the iteration ends: err wraps
+// ErrClosed once the server is closed (the normal end), or is ctx's error
+// once ctx is done.
+//
+//	for smp, err := range srv.Batches(ctx) {
+//		if err != nil {
+//			// errors.Is(err, echo.ErrClosed) is the normal end
+//			break
+//		}
+//		train(smp.Batch)
+//	}
+//
+// Like Sample, Batches yields whole batches only: samples of a batch still
+// unfinished when the server closes never come out.
+//
+// Without Copied, each yielded sample views ring memory and is valid only
+// until the next step; breaking out of the loop keeps the last batch valid
+// until the next Sample. With Copied, each is a deep copy the caller may
+// keep.
+func (s *Server) Batches(ctx context.Context, opts ...BatchesOption) iter.Seq2[Sample, error] {
 	var c batchesConfig
 	for _, o := range opts {
 		o(&c)
 	}
-	return func(yield func(Sample) bool) {
+	return func(yield func(Sample, error) bool) {
 		for {
 			smp, err := s.Sample(ctx)
 			if err != nil {
+				yield(Sample{}, err)
 				return
 			}
 			if c.copied {
 				smp = smp.Copy()
 			}
-			if !yield(smp) {
+			if !yield(smp, nil) {
 				return
 			}
 		}

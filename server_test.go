@@ -6,6 +6,7 @@ import (
 	"errors"
 	"expvar"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -123,7 +124,7 @@ func TestConcurrentSubmitExactlyOnce(t *testing.T) {
 			t.Errorf("producer %d: %d samples delivered, want %d", p, n, perProducer)
 		}
 	}
-	if last.SamplesInsertedTotal != uint64(producers*perProducer) || last.NotifyCount != uint64(batches) || last.StoreSize != 0 {
+	if last.SamplesInsertedTotal != int64(producers*perProducer) || last.NotifyCount != int64(batches) || last.StoreSize != 0 {
 		t.Errorf("final info %+v: want %d inserted, %d notifies, 0 stored", last, producers*perProducer, batches)
 	}
 }
@@ -168,7 +169,10 @@ func TestCopyOutlivesNextSample(t *testing.T) {
 		t.Fatal(err)
 	}
 	var kept []echo.Sample
-	for smp := range s.Batches(context.Background(), echo.Copied()) {
+	for smp, err := range s.Batches(context.Background(), echo.Copied()) {
+		if err != nil {
+			t.Fatal(err)
+		}
 		kept = append(kept, smp)
 		if len(kept) == 6 {
 			break
@@ -205,6 +209,34 @@ func TestRefillRestoresEditedBatch(t *testing.T) {
 		delete(tree, "payload")
 		tree["extra"] = 1
 		smp.Leaves[0] = pytree.Array{}
+	}
+}
+
+// TestSingleArrayExample: an example may be one array, not a container;
+// every batch is then one Array of shape (batchSize, *example.shape).
+func TestSingleArrayExample(t *testing.T) {
+	s := newServerFor(t, pytree.MustOf(make([]int32, 3)), 2, echo.WithNumBuffers(2))
+	for round := range 4 { // every slab twice
+		for i := range 2 {
+			if err := s.Submit(pytree.MustOf([]int32{int32(round), int32(i), 7})); err != nil {
+				t.Fatal(err)
+			}
+		}
+		smp, err := s.Sample(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, ok := smp.Batch.(pytree.Array)
+		if !ok || a.String() != "int32[2 3]" || len(smp.Leaves) != 1 {
+			t.Fatalf("round %d: batch %#v with %d leaves, want one int32[2 3]", round, smp.Batch, len(smp.Leaves))
+		}
+		got, _ := a.Int32()
+		if want := []int32{int32(round), 0, 7, int32(round), 1, 7}; !slices.Equal(got, want) {
+			t.Fatalf("round %d: batch %v, want %v", round, got, want)
+		}
+		if c := smp.Copy(); c.Batch.(pytree.Array).String() != "int32[2 3]" {
+			t.Fatalf("copy of a single-array batch is %v", c.Batch)
+		}
 	}
 }
 
@@ -420,8 +452,18 @@ func TestBatchesEndsOnClose(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	n := 0
-	for smp := range s.Batches(context.Background()) {
+	n, errs := 0, 0
+	for smp, err := range s.Batches(context.Background()) {
+		if err != nil {
+			errs++
+			if !errors.Is(err, echo.ErrClosed) {
+				t.Fatalf("Batches ended with %v, want ErrClosed", err)
+			}
+			if smp.Batch != nil || smp.Leaves != nil {
+				t.Errorf("the error step carries a batch: %+v", smp)
+			}
+			continue // the iteration must end by itself after the error
+		}
 		if rows := checkBatch(t, smp, 1); rows[0] != [2]int{6, n} {
 			t.Fatalf("batch %d is %v", n, rows)
 		}
@@ -430,8 +472,61 @@ func TestBatchesEndsOnClose(t *testing.T) {
 			go s.Close()
 		}
 	}
-	if n != 3 {
-		t.Fatalf("iterated %d batches, want 3", n)
+	if n != 3 || errs != 1 {
+		t.Fatalf("iterated %d batches and %d errors, want 3 and 1", n, errs)
+	}
+}
+
+func TestBatchesEndsWithContext(t *testing.T) {
+	s := newServer(t, 1)
+	if err := s.Submit(numbered(7, 0)); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	n := 0
+	var last error
+	for smp, err := range s.Batches(ctx, echo.Copied()) {
+		if err != nil {
+			last = err
+			continue
+		}
+		if rows := checkBatch(t, smp, 1); rows[0] != [2]int{7, 0} {
+			t.Fatalf("batch %d is %v", n, rows)
+		}
+		n++
+		cancel() // the next Sample finds the ring empty and ctx done
+	}
+	if n != 1 || !errors.Is(last, context.Canceled) {
+		t.Fatalf("iterated %d batches, ended with %v; want 1 and context.Canceled", n, last)
+	}
+}
+
+// TestCloseDropsWhatIsNotTaken: batches are whole, and Close ends
+// delivery at once. The samples of a complete batch not yet taken and of
+// an unfinished one are counted in StoreSize and dropped.
+func TestCloseDropsWhatIsNotTaken(t *testing.T) {
+	s := newServer(t, 2)
+	for seq := range 5 {
+		if err := s.Submit(numbered(8, seq)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []echo.Sample
+	var end error
+	for smp, err := range s.Batches(context.Background()) {
+		if err != nil {
+			end = err
+			break
+		}
+		got = append(got, smp)
+		if smp.Info.StoreSize != 3 {
+			t.Errorf("StoreSize %d after the first batch, want 3: a whole batch and 1 sample", smp.Info.StoreSize)
+		}
+		s.Close()
+	}
+	if len(got) != 1 || !errors.Is(end, echo.ErrClosed) {
+		t.Fatalf("%d batches, ended with %v; want 1 and ErrClosed", len(got), end)
 	}
 }
 

@@ -58,7 +58,7 @@ type Config struct {
 	// wait whole in the kernel, and partial samples on Unix sockets).
 	// 0 means DefaultStagingBudget; it is raised to one sample if smaller.
 	// Past it, connections that need a buffer wait for one.
-	StagingBudget int
+	StagingBudget int64
 	// StallTimeout drops a connection that holds a partial sample and
 	// sends none of the rest for that long. 0 means DefaultStallTimeout;
 	// negative, never.
@@ -142,7 +142,7 @@ func NewPool(cfg Config) (*Pool, error) {
 	if budget <= 0 {
 		budget = DefaultStagingBudget
 	}
-	p.stages = stagePool{payload: p.payload, budget: max(budget, p.payload), wake: p.wakeStageWaiters}
+	p.stages = stagePool{payload: p.payload, budget: int(min(max(budget, int64(p.payload)), math.MaxInt/2)), wake: p.wakeStageWaiters}
 	switch {
 	case cfg.StallTimeout == 0:
 		p.stallTimeout = DefaultStallTimeout

@@ -145,7 +145,7 @@ func TestConnectionFlood(t *testing.T) {
 	if refused+served != 1000 || served < 32 || refused < 900 {
 		t.Fatalf("flood outcomes %v", flood.Outcomes)
 	}
-	if res.Info.RefusedConnections != uint64(refused) || log.Count("max connections") != refused {
+	if res.Info.RefusedConnections != int64(refused) || log.Count("max connections") != refused {
 		t.Errorf("%d refused, the server counted %d and logged %d", refused, res.Info.RefusedConnections, log.Count("max connections"))
 	}
 }
@@ -203,7 +203,7 @@ func TestIdleConnections(t *testing.T) {
 		t.Error(err)
 	}
 	checkRun(t, loaded, err)
-	if got := loaded.Info.ActiveConnections; got < idle {
+	if got := loaded.Info.ActiveConnections; got < int64(idle) {
 		t.Fatalf("%d connections open during the run, want at least the %d idle", got, idle)
 	}
 	t.Logf("actors' rate: %.0f samples/s alone, %.0f beside %d idle connections (%.2fx)",

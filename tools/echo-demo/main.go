@@ -129,14 +129,14 @@ func run(name string, clients, producers int, duration time.Duration, batch int)
 	lastPrint := start
 	var batches int
 	var last echo.SampleInfo
-	for {
-		smp, err := srv.Sample(ctx)
+	for smp, err := range srv.Batches(ctx) {
 		if err != nil {
-			if ctx.Err() != nil {
-				break // the run's time is up
+			// The run ends when ctx's duration is up.
+			if !errors.Is(err, context.DeadlineExceeded) {
+				live.Clear()
+				return err
 			}
-			live.Clear()
-			return err
+			break
 		}
 		batches++
 		last = smp.Info

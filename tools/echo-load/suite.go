@@ -366,7 +366,7 @@ func (s *suite) hostileRuns() {
 		outcome: fmt.Sprintf("%d %s; %d served while under the cap of 64", refused, loadgen.OutRefused, flood.Outcomes[loadgen.OutServed]),
 		server:  fmt.Sprintf("%d refused; logged: %v", res.Info.RefusedConnections, log),
 	}
-	if !row.ok || res.Info.RefusedConnections != uint64(refused) {
+	if !row.ok || res.Info.RefusedConnections != int64(refused) {
 		row.ok, s.ok = false, false
 	}
 	s.hostile = append(s.hostile, row)
