@@ -220,6 +220,13 @@ func (a *acceptor) acceptAll(l *Listener) {
 			return
 		}
 		peer := peerName(fd)
+		// Before anything is written: a peer that has the handshake may
+		// send at once, and an urgent byte that arrives before this is
+		// set leaves the stream.
+		if err := oobInline(fd); err != nil {
+			a.refuse(fd, peer, false, "cannot prepare socket", "err", err)
+			continue
+		}
 		if a.cfg.MaxConns > 0 && a.pool.ActiveConnections()+len(a.pending) >= a.cfg.MaxConns {
 			// Closed before the handshake: the peer's connect succeeds,
 			// its read of the handshake meets the end of the stream.

@@ -313,7 +313,103 @@ func waitFor(t *testing.T, cond func() bool) {
 	}
 }
 
-var (
-	_ = errors.Is
-	_ sync.Mutex
-)
+// A peer that stalls mid-sample holds a staging buffer; with a stalled
+// peer on every worker and the budget spent on them, an honest actor's
+// sample waits for a buffer. The stall timeout bounds that wait: the
+// learner gets the honest sample within the timeout (plus scheduling), the
+// stalled peers are dropped and counted, and their acks were flushed.
+func TestStalledPeersHoldTheLearnerNoLongerThanTheTimeout(t *testing.T) {
+	const payload = 3 << 20 // staged on TCP: two do not fit the window
+	const timeout = 400 * time.Millisecond
+	r := newRig(t, payload, 1, false,
+		Config{Workers: 2, StagingBudget: 2 * payload, StallTimeout: timeout}, ServeConfig{})
+	// A stalled peer on each worker, each holding a staging buffer.
+	for i := range 2 {
+		c := r.dial()
+		if _, err := c.Write(sample(100+i, payload)[:payload/3]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, func() bool { return r.pool.Stats().StagingInUse == 2*payload })
+	honest := r.dial()
+	start := time.Now()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := honest.Write(sample(0, payload))
+		errc <- err
+	}()
+	got, err := r.next(timeout + 5*time.Second)
+	if err != nil {
+		t.Fatalf("no batch: %v", err)
+	}
+	waited := time.Since(start)
+	r.wantSamples(got, 0)
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	readAcks(t, honest, 1, 5*time.Second)
+	if waited > timeout+2*time.Second {
+		t.Errorf("the learner waited %v for the honest sample, stall timeout %v", waited, timeout)
+	}
+	if n := r.pool.Stats().Stalled; n != 2 {
+		t.Errorf("Stats().Stalled = %d, want 2", n)
+	}
+	t.Logf("honest sample after %v (stall timeout %v)", waited, timeout)
+}
+
+// However many connections send partial samples at once, the staging
+// buffers they hold stay within the budget, and every sample still
+// arrives, exactly once and intact, as buffers free up.
+func TestStagingBudgetBoundsMemory(t *testing.T) {
+	const payload = 1 << 20 // staged on Unix sockets
+	const budget = 3 * payload
+	const conns = 10
+	r := newRig(t, payload, 1, true, Config{Workers: 2, StagingBudget: budget}, ServeConfig{})
+	cs := make([]net.Conn, conns)
+	for i := range cs {
+		cs[i] = r.dial()
+	}
+	var wg sync.WaitGroup
+	errc := make(chan error, conns)
+	for i, c := range cs {
+		wg.Go(func() {
+			b := sample(i, payload)
+			if _, err := c.Write(b[:payload/2]); err != nil {
+				errc <- err
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+			if _, err := c.Write(b[payload/2:]); err != nil {
+				errc <- err
+			}
+		})
+	}
+	seen := make(map[byte]bool)
+	maxHeld := 0
+	for range conns {
+		got, err := r.next(20 * time.Second)
+		if err != nil {
+			t.Fatalf("after %d samples: %v", len(seen), err)
+		}
+		maxHeld = max(maxHeld, r.pool.Stats().StagingHeld)
+		// Which sample is it? Byte 0 of sample i is i*7.
+		i := int(got[0]) / 7
+		if i >= conns || !bytes.Equal(got, sample(i, payload)) || seen[got[0]] {
+			t.Fatalf("batch is not a whole, new sample (first byte %d)", got[0])
+		}
+		seen[got[0]] = true
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Fatal(err)
+	}
+	if maxHeld > budget {
+		t.Fatalf("staging held %d bytes, budget %d", maxHeld, budget)
+	}
+	if st := r.pool.Stats(); st.StagingHeld > budget || st.StagingInUse != 0 {
+		t.Fatalf("after the run: staging held %d (budget %d), in use %d", st.StagingHeld, budget, st.StagingInUse)
+	}
+}
+
+var _ = errors.Is

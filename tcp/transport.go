@@ -195,13 +195,10 @@ func listenTCP(address string, rcvbuf, payload int) (*Listener, error) {
 	return &Listener{fd: fd, addr: addr, prepare: prepareTCP}, nil
 }
 
-// prepareTCP configures an accepted TCP socket: urgent data inline, no
-// Nagle delay on acks, and the whole-sample gate when the inherited receive
-// buffer holds gateFactor samples.
+// prepareTCP configures an accepted TCP socket: no Nagle delay on acks,
+// and the whole-sample gate when the inherited receive buffer holds
+// gateFactor samples. (Urgent data was made inline at accept.)
 func prepareTCP(fd, payload int) (bool, error) {
-	if err := oobInline(fd); err != nil {
-		return false, err
-	}
 	if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
 		return false, wrap("setsockopt TCP_NODELAY", err)
 	}
@@ -257,9 +254,6 @@ func listenUnix(path string) (*Listener, error) {
 // charges queued bytes to the sender's send buffer, so the gate assumes the
 // peer's is the default, the same size as this end's.
 func prepareUnix(fd, payload int) (bool, error) {
-	if err := oobInline(fd); err != nil {
-		return false, err
-	}
 	buf, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF)
 	if err != nil {
 		return false, wrap("getsockopt SO_SNDBUF", err)
@@ -267,7 +261,8 @@ func prepareUnix(fd, payload int) (bool, error) {
 	return gateFactor*payload <= buf/2, nil
 }
 
-// oobInline keeps out-of-band bytes in the stream: with SO_OOBINLINE off,
+// oobInline keeps out-of-band bytes in the stream; the acceptor sets it on
+// every socket it accepts, before the socket's first write: with SO_OOBINLINE off,
 // TCP's urgent byte stops FIONREAD at its mark and an AF_UNIX MSG_OOB byte
 // is counted by FIONREAD but skipped by readv. Peers are untrusted.
 func oobInline(fd int) error {
