@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/seed-a9ef92a1/echo/pytree"
+	"github.com/seed-a9ef92a1/echo/ringbuf"
 	"github.com/seed-a9ef92a1/echo/wire"
 )
 
@@ -245,6 +247,37 @@ func TestServeRefusals(t *testing.T) {
 			t.Error("the refused listener still accepts")
 		}
 		readHandshake(t, dial(t, "tcp", addr)) // the first still serves
+	})
+	t.Run("empty samples", func(t *testing.T) {
+		// A worker serving samples of 0 bytes would divide by zero at the
+		// first byte a peer sent.
+		spec, err := pytree.SpecOf(map[string]any{"a": pytree.MustOf([]float32{}, 0)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := ringbuf.New(ringbuf.Layout{BatchSize: 2, NumSlabs: 2, LeafBytes: []int{0}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Free()
+		p, err := NewPool(Config{Ring: r, Spec: spec, Workers: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			r.Close()
+			p.Close()
+		}()
+		l, addr := listen(t)
+		if err := p.Serve([]*Listener{l}, ServeConfig{}); err == nil {
+			c := dial(t, "tcp", addr)
+			c.Write([]byte{0})
+			time.Sleep(100 * time.Millisecond) // room for a worker to fail
+			t.Fatal("Serve accepted samples of 0 bytes")
+		}
+		if !listenerClosed(addr) {
+			t.Error("the refused listener still accepts")
+		}
 	})
 	t.Run("short secret", func(t *testing.T) {
 		r := newRing(t, 2, 2)
