@@ -11,7 +11,7 @@ import (
 
 // TestNoAllocs checks the loop's calls allocate nothing: Poll with a
 // socket ready and a wake pending, Park returning for an event, and Wake
-// of a loop that is running.
+// of a loop that is running or parked.
 func TestNoAllocs(t *testing.T) {
 	p := newPoller(t)
 	a, b := socketPair(t)
@@ -37,6 +37,15 @@ func TestNoAllocs(t *testing.T) {
 			}
 		},
 		"Wake, running": func() { p.Wake() },
+		// The waker that finds the loop parked writes the eventfd: every
+		// Publish to a parked worker does.
+		"Wake, parked": func() {
+			p.parked.Store(true)
+			p.Wake()
+			if err := p.drainWake(); err != nil {
+				t.Fatal(err)
+			}
+		},
 	} {
 		if n := testing.AllocsPerRun(100, f); n != 0 {
 			t.Errorf("%s allocates %.1f times per call", name, n)

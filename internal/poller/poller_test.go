@@ -312,3 +312,25 @@ func TestParkedOnItsOwnLines(t *testing.T) {
 		t.Errorf("parked at %d and fdMu at %d can share a 128-byte block", parked, fdMu)
 	}
 }
+
+// TestWakeFailureReported has the eventfd write fail (the descriptor
+// swapped for a read-only one) and checks that the loop's next Poll
+// reports it.
+func TestWakeFailureReported(t *testing.T) {
+	p := newPoller(t)
+	ro, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Skip(err)
+	}
+	defer unix.Close(ro)
+	efd := p.efd
+	p.efd = ro
+	p.parked.Store(true)
+	p.Wake()
+	p.efd = efd
+	_, err = p.Poll()
+	var se *os.SyscallError
+	if !errors.As(err, &se) || se.Syscall != "eventfd write" {
+		t.Fatalf("Poll after a failed wake = %v, want the eventfd write's error", err)
+	}
+}
