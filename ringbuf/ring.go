@@ -154,9 +154,12 @@ type Ring struct {
 	// Writer counters, added by Claim, read by Stats. blocked counts claims
 	// that found the ring full; the others are kept only when detailed.
 	// Their own lines: a claim that adds to them must not disturb the
-	// cursors.
+	// cursors, nor the consumer's fields below. As after a cursor, 120
+	// bytes follow the last of them, so that no 128-byte block holds both
+	// wherever the allocator places the Ring (32 + 96 bytes did only when
+	// it was 128-aligned).
 	blocked, casSuccess, casFailure, retries atomic.Uint64
-	_                                        [96]byte
+	_                                        [120]byte
 
 	// Consumer-only state: written and read by the goroutine calling Next.
 	next    uint64 // number of batches handed out so far

@@ -99,13 +99,19 @@ type prologue struct {
 const prologueTag = -1
 
 // Serve starts accepting on listeners and feeding the workers. The pool owns
-// the listeners from now on, even when Serve fails; Close stops them.
+// the listeners from now on, even when Serve fails; Close stops them. It
+// fails for samples of 0 bytes, which a stream cannot delimit.
 func (p *Pool) Serve(listeners []*Listener, cfg ServeConfig) error {
 	closeAll := func(err error) error {
 		for _, l := range listeners {
 			err = errors.Join(err, l.Close())
 		}
 		return err
+	}
+	if p.payload == 0 {
+		// The wire has no framing: samples of no bytes cannot be counted,
+		// and a worker would divide by the sample size.
+		return closeAll(errors.New("tcp: samples of 0 bytes cannot travel over a transport"))
 	}
 	if cfg.Secret != nil {
 		if err := wire.CheckSecret(cfg.Secret); err != nil {

@@ -244,10 +244,10 @@ func (p *Poller) signal() {
 		return // closed: nobody to wake
 	}
 	one := uint64(1)
-	_, err := unix.Write(p.efd, (*[8]byte)(unsafe.Pointer(&one))[:])
-	if err != nil && err != unix.EAGAIN {
-		err = os.NewSyscallError("eventfd write", err)
-		p.failed.CompareAndSwap(nil, &err)
+	if _, err := unix.Write(p.efd, (*[8]byte)(unsafe.Pointer(&one))[:]); err != nil && err != unix.EAGAIN {
+		// Declared here, so that only a failure moves it to the heap.
+		failed := error(os.NewSyscallError("eventfd write", err))
+		p.failed.CompareAndSwap(nil, &failed)
 	}
 }
 

@@ -1,0 +1,179 @@
+package ringbuf
+
+import (
+	"context"
+	"errors"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// fill claims and commits every slot of r.
+func fill(t *testing.T, r *Ring) {
+	t.Helper()
+	for range r.NumSlabs() {
+		res, err := r.Claim(r.BatchSize(), nil)
+		if err != nil || res.N != r.BatchSize() {
+			t.Fatalf("Claim(%d) = %+v, %v", r.BatchSize(), res, err)
+		}
+		r.Commit(res)
+	}
+}
+
+// claimResult is what a Claim running on another goroutine returned.
+type claimResult struct {
+	res Reservation
+	err error
+}
+
+// blockedClaim starts Claim(want) on a full ring and returns once it has
+// called onFull, with the count of onFull calls and the result to come.
+func blockedClaim(t *testing.T, r *Ring, want int) (*atomic.Int32, chan claimResult) {
+	t.Helper()
+	var full atomic.Int32
+	done := make(chan claimResult, 1)
+	go func() {
+		res, err := r.Claim(want, func() { full.Add(1) })
+		done <- claimResult{res, err}
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for full.Load() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("Claim on a full ring never called onFull")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return &full, done
+}
+
+// TestClaimWaitsForSpace checks that Claim on a full ring calls onFull
+// once, waits until the consumer gives a slab back, and then reserves from
+// it; and that the writer counters say so.
+func TestClaimWaitsForSpace(t *testing.T) {
+	r := mustNew(t, Layout{BatchSize: 2, NumSlabs: 2, LeafBytes: []int{8}, Detailed: true})
+	fill(t, r)
+	full, done := blockedClaim(t, r, 3)
+	select {
+	case c := <-done:
+		t.Fatalf("Claim on a full ring returned %+v, %v", c.res, c.err)
+	case <-time.After(20 * time.Millisecond):
+	}
+
+	ctx := context.Background()
+	if _, err := r.Next(ctx); err != nil { // holds slab 0: still full
+		t.Fatal(err)
+	}
+	if _, err := r.Next(ctx); err != nil { // gives slab 0 back
+		t.Fatal(err)
+	}
+	var c claimResult
+	select {
+	case c = <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Claim still waiting 10s after a slab was released")
+	}
+	if c.err != nil || c.res != (Reservation{Start: 4, N: 2}) {
+		t.Fatalf("Claim = %+v, %v; want 2 slots from 4 (capped at the batch)", c.res, c.err)
+	}
+	if n := full.Load(); n != 1 {
+		t.Errorf("onFull called %d times, want once", n)
+	}
+	st := r.Stats()
+	if st.Blocked != 1 || st.CASSuccess != 3 || st.CASFailure != 0 || st.Retries < 1 {
+		t.Errorf("stats %+v: want 1 blocked, 3 successes, no failure, at least 1 retry", st)
+	}
+}
+
+// TestClaimReturnsErrClosed checks that Close wakes a Claim waiting for
+// space, and that Claim on a closed ring fails at once without calling
+// onFull or counting a blocked claim.
+func TestClaimReturnsErrClosed(t *testing.T) {
+	r := mustNew(t, Layout{BatchSize: 2, NumSlabs: 2, LeafBytes: []int{8}})
+	fill(t, r)
+	_, done := blockedClaim(t, r, 1)
+	r.Close()
+	select {
+	case c := <-done:
+		if !errors.Is(c.err, ErrClosed) {
+			t.Fatalf("Claim through Close = %+v, %v; want ErrClosed", c.res, c.err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Claim still waiting 10s after Close")
+	}
+
+	r2 := mustNew(t, Layout{BatchSize: 2, NumSlabs: 2, LeafBytes: []int{8}})
+	r2.Close()
+	called := false
+	if _, err := r2.Claim(1, func() { called = true }); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Claim on a closed ring = %v, want ErrClosed", err)
+	}
+	if called || r2.Stats().Blocked != 0 {
+		t.Error("Claim on a closed, empty ring counted itself blocked")
+	}
+	if err := r2.WaitSpace(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("WaitSpace on a closed ring = %v, want ErrClosed", err)
+	}
+}
+
+// TestClaimCounters runs writers against one consumer, with and without
+// the detailed counters: every reservation is one success, every wait one
+// blocked claim and at least one retry; contention shows as CAS failures,
+// counted only when detailed.
+func TestClaimCounters(t *testing.T) {
+	const writers, perWriter, batch = 4, 2000, 64
+	run := func(detailed bool) Stats {
+		r := mustNew(t, Layout{BatchSize: batch, NumSlabs: 4, LeafBytes: []int{1}, Detailed: detailed})
+		var wg sync.WaitGroup
+		for range writers {
+			wg.Go(func() {
+				for range perWriter {
+					res, err := r.Claim(1, nil)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					r.Commit(res)
+				}
+			})
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		for got := 0; got < writers*perWriter; got += batch {
+			if _, err := r.Next(ctx); err != nil {
+				t.Fatalf("after %d samples: %v", got, err)
+			}
+		}
+		wg.Wait()
+		st := r.Stats()
+		if st.Inserted != writers*perWriter || st.Batches != writers*perWriter/batch {
+			t.Fatalf("stats %+v: want %d samples in %d batches", st, writers*perWriter, writers*perWriter/batch)
+		}
+		return st
+	}
+
+	if st := run(false); st.CASSuccess != 0 || st.CASFailure != 0 || st.Retries != 0 {
+		t.Errorf("stats %+v: detailed counters kept without Detailed", st)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st := run(true)
+		if st.CASSuccess != writers*perWriter {
+			t.Fatalf("stats %+v: want one success per claim of one slot", st)
+		}
+		if st.Retries < st.Blocked {
+			t.Fatalf("stats %+v: fewer retries than blocked claims", st)
+		}
+		if st.CASFailure > 0 {
+			break
+		}
+		if runtime.GOMAXPROCS(0) < 2 {
+			t.Log("one P: writers never race, no CAS failure to count")
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no CAS failure counted in 5s of %d racing writers", writers)
+		}
+	}
+}
