@@ -41,6 +41,7 @@ import (
 	"math"
 	"math/bits"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -318,19 +319,47 @@ func (r *Ring) TryClaim(want int) (Reservation, bool) {
 }
 
 // Return gives back the slots of res, claimed and not written; res must
-// come from a claim and hold none of its writer's committed slots. The next
-// claims take them before any new slot, so their batch still completes.
+// come from a claim and hold none of its writer's committed slots.
+//
+// If no slot was claimed after res, the write cursor simply moves back and
+// the slots are claimed again in order. Otherwise they go on a list that
+// every claim takes from first, lowest position first, so their batch still
+// completes; a sample that fills one may then sit ahead, in the batch, of
+// samples its own connection sent before it.
 func (r *Ring) Return(res Reservation) {
 	if res.N < 1 {
 		return
 	}
+	end := res.Start + uint64(res.N)
+	// Moving the cursor back is safe against a writer that loaded end
+	// before this CAS: its own CAS from end fails, or (once the cursor is
+	// back at end) claims from a value that is current again.
+	if r.write.v.CompareAndSwap(end, res.Start) {
+		return
+	}
 	r.returnMu.Lock()
-	r.returned = append(r.returned, res)
-	r.nReturned.Add(1)
-	r.returnMu.Unlock()
+	defer r.returnMu.Unlock()
+	i := 0
+	for i < len(r.returned) && r.returned[i].Start < res.Start {
+		i++
+	}
+	r.returned = slices.Insert(r.returned, i, res)
+	// Merge neighbours within one batch, so a claim takes them at once.
+	merged := r.returned[:1]
+	for _, x := range r.returned[1:] {
+		last := &merged[len(merged)-1]
+		if last.Start+uint64(last.N) == x.Start && x.Start%r.batch != 0 {
+			last.N += x.N
+			continue
+		}
+		merged = append(merged, x)
+	}
+	clear(r.returned[len(merged):])
+	r.returned = merged
+	r.nReturned.Store(int32(len(r.returned)))
 }
 
-// takeReturned hands out up to want returned slots, oldest first.
+// takeReturned hands out up to want returned slots, lowest first.
 func (r *Ring) takeReturned(want int) (Reservation, bool) {
 	r.returnMu.Lock()
 	defer r.returnMu.Unlock()
@@ -343,7 +372,7 @@ func (r *Ring) takeReturned(want int) (Reservation, bool) {
 	head.N -= res.N
 	if head.N == 0 {
 		r.returned = append(r.returned[:0], r.returned[1:]...)
-		r.nReturned.Add(-1)
+		r.nReturned.Store(int32(len(r.returned)))
 	}
 	return res, true
 }

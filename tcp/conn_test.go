@@ -58,7 +58,7 @@ func TestGatedBatchInOneTurn(t *testing.T) {
 	if _, err := peer.Write(samples(7, 0, 4)); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.addConn(fd, true, "peer"); err != nil {
+	if err := p.addConn(fd, true, false, "peer"); err != nil {
 		t.Fatal(err)
 	}
 	for i, s := range nextBatch(t, r) {
@@ -80,7 +80,7 @@ func TestStagedSampleCommittedWhole(t *testing.T) {
 	r := newRing(t, 2, 2)
 	p := newPool(t, r, 1, nil)
 	fd, peer := socketPair(t)
-	if err := p.addConn(fd, false, "peer"); err != nil {
+	if err := p.addConn(fd, false, false, "peer"); err != nil {
 		t.Fatal(err)
 	}
 	stream := samples(3, 0, 2)
@@ -133,7 +133,7 @@ func TestPartialSampleDropped(t *testing.T) {
 			r := newRing(t, 2, 2)
 			p := newPool(t, r, 1, testLogger(&logs))
 			fd, peer := socketPair(t)
-			if err := p.addConn(fd, tc.gated, "peer"); err != nil {
+			if err := p.addConn(fd, tc.gated, false, "peer"); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := peer.Write(samples(5, 0, 2)[:payload+payload/2]); err != nil {
@@ -174,19 +174,21 @@ func TestPartialSampleDropped(t *testing.T) {
 	}
 }
 
-// TestShortReadLeavesSpare provokes the one short read a kernel can make
-// of a gated socket, an AF_UNIX out-of-band byte that FIONREAD counts and
-// readv skips (which is why the acceptor sets SO_OOBINLINE), and checks
-// that the slots claimed and left unread are the next ones the worker
-// hands out, so that no batch is left with a hole. In the second case the
-// claim was cut from the front of an earlier spare, and the two join.
-func TestShortReadLeavesSpare(t *testing.T) {
+// TestShortReadReturnsItsSlots provokes the one short read a kernel can
+// make of a gated socket, an AF_UNIX out-of-band byte that FIONREAD counts
+// and readv skips (which is why the acceptor sets SO_OOBINLINE; this socket
+// never met the acceptor), and checks the ring invariant: the slots claimed
+// and left unread go back to the ring, the connection is dropped with its
+// whole samples committed, and the next samples fill the slots in order,
+// so that no batch is left with a hole. In the second case the claim came
+// from slots an earlier writer gave back.
+func TestShortReadReturnsItsSlots(t *testing.T) {
 	for _, earlier := range []int{0, 5} {
-		t.Run(fmt.Sprintf("spare=%d", earlier), func(t *testing.T) {
+		t.Run(fmt.Sprintf("returned=%d", earlier), func(t *testing.T) {
 			r := newRing(t, 8, 2)
 			w := newBareWorker(t, r)
 			if earlier > 0 {
-				// Slots 0-2 go to the test, 3-7 are the worker's spare.
+				// Slots 0-2 go to the test, 3-7 back to the ring.
 				res, err := r.Claim(8, nil)
 				if err != nil {
 					t.Fatal(err)
@@ -196,7 +198,7 @@ func TestShortReadLeavesSpare(t *testing.T) {
 					copy(r.Slot(res.Start+uint64(k), 1), sample(0, k)[16:])
 				}
 				r.Commit(ringbuf.Reservation{Start: 0, N: 3})
-				w.spare = ringbuf.Reservation{Start: 3, N: earlier}
+				r.Return(ringbuf.Reservation{Start: 3, N: earlier})
 			}
 			// Two whole samples and 16 bytes, then one out-of-band byte.
 			fdA, peerA := socketPair(t)
@@ -223,14 +225,12 @@ func TestShortReadLeavesSpare(t *testing.T) {
 			if a.fd != -1 {
 				t.Fatal("the connection that read short is still open")
 			}
-			// Claimed 3 (from the ring, or cut from the spare), read 2: the
-			// third joins what is left of the spare.
-			want := map[int]ringbuf.Reservation{0: {Start: 2, N: 1}, 5: {Start: 5, N: 3}}[earlier]
-			if w.spare != want {
-				t.Fatalf("spare %+v after the short read, want %+v", w.spare, want)
+			readAcks(t, peerA, 2) // flushed before the drop
+			if !r.HasSpace() {
+				t.Fatal("the ring has no slot for the next sample")
 			}
 
-			// The next connection's samples fill the spare first.
+			// The next connection's samples fill the slots given back first.
 			fdB, peerB := socketPair(t)
 			if _, err := peerB.Write(samples(2, 0, 8)); err != nil {
 				t.Fatal(err)
@@ -240,9 +240,6 @@ func TestShortReadLeavesSpare(t *testing.T) {
 				t.Fatalf("poll moved %d (%v), want 8", moved, err)
 			}
 			readAcks(t, peerB, 8)
-			if w.spare.N != 0 {
-				t.Fatalf("spare %+v left", w.spare)
-			}
 			var got []string
 			for _, s := range nextBatch(t, r) {
 				src, seq := decode(t, s)
@@ -256,31 +253,6 @@ func TestShortReadLeavesSpare(t *testing.T) {
 				t.Fatalf("first batch %v, want %s", got, wantOrder)
 			}
 		})
-	}
-}
-
-// TestClaimHandsOutSpareFirst checks claim's rule on its own: slots left
-// over are handed out, as far as they go, before the ring is asked.
-func TestClaimHandsOutSpareFirst(t *testing.T) {
-	r := newRing(t, 8, 2)
-	w := newBareWorker(t, r)
-	spare, err := r.Claim(3, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.spare = spare
-	for _, tc := range []struct {
-		want int
-		got  ringbuf.Reservation
-	}{
-		{2, ringbuf.Reservation{Start: 0, N: 2}}, // from the spare
-		{4, ringbuf.Reservation{Start: 2, N: 1}}, // what the spare has left
-		{4, ringbuf.Reservation{Start: 3, N: 4}}, // from the ring
-	} {
-		res, err := w.claim(tc.want, nil)
-		if err != nil || res != tc.got {
-			t.Fatalf("claim(%d) = %+v, %v; want %+v", tc.want, res, err, tc.got)
-		}
 	}
 }
 
@@ -366,7 +338,7 @@ func TestBacklogDrainsOnItsOwn(t *testing.T) {
 	p := newPool(t, r, 1, nil)
 	fd, peer := socketPair(t)
 	go peer.Write(samples(4, 0, total))
-	if err := p.addConn(fd, true, "peer"); err != nil {
+	if err := p.addConn(fd, true, false, "peer"); err != nil {
 		t.Fatal(err)
 	}
 	for b := range 3 {

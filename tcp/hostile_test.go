@@ -120,9 +120,9 @@ func (r *rig) next(d time.Duration) ([]byte, error) {
 	return bytes.Clone(r.ring.LeafBlock(slab, 0)), nil
 }
 
-// sample returns sample i of a stream: every byte tells the sample and its
+// streamSample returns sample i of a stream: every byte tells the sample and its
 // offset, so a shifted or spliced sample cannot pass for a whole one.
-func sample(i, payload int) []byte {
+func streamSample(i, payload int) []byte {
 	b := make([]byte, payload)
 	for k := range b {
 		b[k] = byte(i*7 + k*13 + k>>8)
@@ -135,7 +135,7 @@ func (r *rig) wantSamples(batch []byte, first int) {
 	r.t.Helper()
 	for k := range r.batch {
 		got := batch[k*r.payload : (k+1)*r.payload]
-		if !bytes.Equal(got, sample(first+k, r.payload)) {
+		if !bytes.Equal(got, streamSample(first+k, r.payload)) {
 			r.t.Fatalf("slot %d does not hold sample %d intact", k, first+k)
 		}
 	}
@@ -160,8 +160,8 @@ func sendOOB(t *testing.T, c net.Conn, b []byte) {
 	}
 }
 
-// readAcks reads n ack bytes within d.
-func readAcks(t *testing.T, c net.Conn, n int, d time.Duration) {
+// readAcksWithin reads n ack bytes within d.
+func readAcksWithin(t *testing.T, c net.Conn, n int, d time.Duration) {
 	t.Helper()
 	c.SetReadDeadline(time.Now().Add(d))
 	defer c.SetReadDeadline(time.Time{})
@@ -202,7 +202,7 @@ func TestOutOfBandByteIsAStreamByte(t *testing.T) {
 			c := r.dial()
 			var stream []byte
 			for i := range batch {
-				stream = append(stream, sample(i, tc.payload)...)
+				stream = append(stream, streamSample(i, tc.payload)...)
 			}
 			// Sample 1's byte 30 goes out of band.
 			mark := tc.payload + 30
@@ -218,7 +218,7 @@ func TestOutOfBandByteIsAStreamByte(t *testing.T) {
 				t.Fatalf("no batch: %v", err)
 			}
 			r.wantSamples(got, 0)
-			readAcks(t, c, batch, 5*time.Second)
+			readAcksWithin(t, c, batch, 5*time.Second)
 		})
 	}
 }
@@ -239,7 +239,7 @@ func TestUnixTinyWritesDoNotWedgeTheGate(t *testing.T) {
 	go func() {
 		var stream []byte
 		for i := range samples {
-			stream = append(stream, sample(i, payload)...)
+			stream = append(stream, streamSample(i, payload)...)
 		}
 		c.SetWriteDeadline(time.Now().Add(20 * time.Second))
 		for off, k := 0, 0; off < len(stream); k++ {
@@ -262,7 +262,7 @@ func TestUnixTinyWritesDoNotWedgeTheGate(t *testing.T) {
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
-	readAcks(t, c, samples, 5*time.Second)
+	readAcksWithin(t, c, samples, 5*time.Second)
 }
 
 // gatedOnUnix reports whether samples of payload bytes take the gated path
@@ -288,7 +288,7 @@ func TestIdleConnectionsTakeNoStagingMemory(t *testing.T) {
 	for range 20 {
 		r.dial()
 	}
-	waitFor(t, func() bool { return r.pool.ActiveConnections() == 20 })
+	eventually(t, "20 connections served", func() bool { return r.pool.ActiveConnections() == 20 })
 	if grew := heapInUse() - before; grew > 2*payload {
 		t.Fatalf("20 idle connections took %d MiB of heap, want at most %d", grew>>20, 2*payload>>20)
 	}
@@ -299,18 +299,6 @@ func heapInUse() int {
 	var m runtime.MemStats
 	runtime.ReadMemStats(&m)
 	return int(m.HeapInuse)
-}
-
-// waitFor polls cond for up to 10 s.
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not reached within 10 s")
-		}
-		time.Sleep(time.Millisecond)
-	}
 }
 
 // A peer that stalls mid-sample holds a staging buffer; with a stalled
@@ -326,16 +314,16 @@ func TestStalledPeersHoldTheLearnerNoLongerThanTheTimeout(t *testing.T) {
 	// A stalled peer on each worker, each holding a staging buffer.
 	for i := range 2 {
 		c := r.dial()
-		if _, err := c.Write(sample(100+i, payload)[:payload/3]); err != nil {
+		if _, err := c.Write(streamSample(100+i, payload)[:payload/3]); err != nil {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, func() bool { return r.pool.Stats().StagingInUse == 2*payload })
+	eventually(t, "both stalled peers holding a buffer", func() bool { return r.pool.Stats().StagingInUse == 2*payload })
 	honest := r.dial()
 	start := time.Now()
 	errc := make(chan error, 1)
 	go func() {
-		_, err := honest.Write(sample(0, payload))
+		_, err := honest.Write(streamSample(0, payload))
 		errc <- err
 	}()
 	got, err := r.next(timeout + 5*time.Second)
@@ -347,7 +335,7 @@ func TestStalledPeersHoldTheLearnerNoLongerThanTheTimeout(t *testing.T) {
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
-	readAcks(t, honest, 1, 5*time.Second)
+	readAcksWithin(t, honest, 1, 5*time.Second)
 	if waited > timeout+2*time.Second {
 		t.Errorf("the learner waited %v for the honest sample, stall timeout %v", waited, timeout)
 	}
@@ -373,7 +361,7 @@ func TestStagingBudgetBoundsMemory(t *testing.T) {
 	errc := make(chan error, conns)
 	for i, c := range cs {
 		wg.Go(func() {
-			b := sample(i, payload)
+			b := streamSample(i, payload)
 			if _, err := c.Write(b[:payload/2]); err != nil {
 				errc <- err
 				return
@@ -394,7 +382,7 @@ func TestStagingBudgetBoundsMemory(t *testing.T) {
 		maxHeld = max(maxHeld, r.pool.Stats().StagingHeld)
 		// Which sample is it? Byte 0 of sample i is i*7.
 		i := int(got[0]) / 7
-		if i >= conns || !bytes.Equal(got, sample(i, payload)) || seen[got[0]] {
+		if i >= conns || !bytes.Equal(got, streamSample(i, payload)) || seen[got[0]] {
 			t.Fatalf("batch is not a whole, new sample (first byte %d)", got[0])
 		}
 		seen[got[0]] = true

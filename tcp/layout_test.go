@@ -25,7 +25,7 @@ func TestWorkerLayout(t *testing.T) {
 	own := unsafe.Offsetof(w.popped) + unsafe.Sizeof(w.popped)
 	others, othersEnd := unsafe.Offsetof(w.nconns), unsafe.Offsetof(w.hasAdopt)+unsafe.Sizeof(w.hasAdopt)
 	stats := unsafe.Offsetof(w.connDepthSum)
-	for _, f := range []uintptr{unsafe.Offsetof(w.pool), unsafe.Offsetof(w.spare), unsafe.Offsetof(w.queues), unsafe.Offsetof(w.popped)} {
+	for _, f := range []uintptr{unsafe.Offsetof(w.pool), unsafe.Offsetof(w.queues), unsafe.Offsetof(w.popped)} {
 		if f >= others {
 			t.Errorf("a group-0 field at %d lies after group 1 at %d", f, others)
 		}

@@ -5,7 +5,6 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/seed-a9ef92a1/echo/ringbuf"
 )
 
 // publish fills the next buffer of q with sample(src, seq) and publishes it.
@@ -191,8 +190,8 @@ func TestInsertRespectsBatchBoundaries(t *testing.T) {
 	for seq := range 10 {
 		bufs = append(bufs, &Buffer{Data: sample(6, seq), owner: q})
 	}
-	if err := w.insert(bufs); err != nil {
-		t.Fatal(err)
+	if n, err := w.insert(bufs); err != nil || n != 10 {
+		t.Fatalf("insert = %d, %v; want all 10", n, err)
 	}
 	if st := r.Stats(); st.CASSuccess != 3 || st.Inserted != 10 {
 		t.Fatalf("ring stats %+v: want 10 samples in 3 reservations", st)
@@ -202,8 +201,8 @@ func TestInsertRespectsBatchBoundaries(t *testing.T) {
 			t.Fatalf("slot %d holds seq %d", pos, seq)
 		}
 	}
-	r.Close()
-	if err := w.insert(bufs); !errors.Is(err, ringbuf.ErrClosed) {
-		t.Fatalf("insert into a closed ring = %v, want ErrClosed", err)
+	// The ring holds 16: six more fit, and the rest wait for the learner.
+	if n, err := w.insert(bufs); err != errRingFull || n != 6 {
+		t.Fatalf("insert into a ring with 6 free slots = %d, %v; want 6, errRingFull", n, err)
 	}
 }
