@@ -4,7 +4,6 @@ import (
 	"errors"
 	"sync"
 	"testing"
-
 )
 
 // publish fills the next buffer of q with sample(src, seq) and publishes it.
