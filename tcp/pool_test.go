@@ -220,8 +220,8 @@ func TestNewPoolRejects(t *testing.T) {
 // TestStats checks the pool's snapshot while a worker is stuck on a full
 // ring: a connection's whole samples waiting in the kernel and a queue's
 // published buffers are counted, and the connections' maximum restarts
-// with each snapshot. It also checks that a worker about to wait for ring
-// space first writes the acks it owes.
+// with each snapshot. It also checks that a connection parked on a full
+// ring first gets the acks it is owed.
 func TestStats(t *testing.T) {
 	r := newRing(t, 1, 2)
 	p := newPool(t, r, 1, nil)
@@ -243,8 +243,11 @@ func TestStats(t *testing.T) {
 	if st.Connections != 1 || st.QueueDepthSum != 3 || st.QueueDepthMax != 5 {
 		t.Errorf("stats %+v: want 1 connection, depth sum 3 and max 5", st)
 	}
-	if st = p.Stats(); st.QueueDepthSum != 3 || st.QueueDepthMax != 0 {
-		t.Errorf("second stats %+v: want depth sum 3 and max 0 (window restarted)", st)
+	// The window restarted: the 5 is gone. (A worker parked on a full ring
+	// still serves the connection's events, so it may have seen the 3
+	// again.)
+	if st = p.Stats(); st.QueueDepthSum != 3 || st.QueueDepthMax > 3 {
+		t.Errorf("second stats %+v: want depth sum 3 and max at most 3 (window restarted)", st)
 	}
 
 	q, err := p.NewQueue(4)
