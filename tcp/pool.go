@@ -338,7 +338,7 @@ func (p *Pool) Stats() Stats {
 	p.mu.Unlock()
 	st.Connections = p.ActiveConnections()
 	for _, w := range p.workers {
-		st.QueueDepthSum += int(w.connDepthSum.Load())
+		st.QueueDepthSum += int(w.connDepthSum.Load() + w.waitingPopped.Load())
 		st.QueueDepthMax = max(st.QueueDepthMax, int(w.connDepthMax.Swap(0)))
 	}
 	if a := p.acceptor.Load(); a != nil {

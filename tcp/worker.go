@@ -98,7 +98,10 @@ type worker struct {
 	// connDepthSum is the sum of the worker's connections' depths;
 	// connDepthMax the largest depth it set since Stats last took it.
 	connDepthSum, connDepthMax atomic.Int64
-	drainRound, memcpy, dwell  hist.Histogram
+	// waitingPopped is len(popped): producers' samples taken off their
+	// queues and waiting for ring space.
+	waitingPopped             atomic.Int64
+	drainRound, memcpy, dwell hist.Histogram
 }
 
 func newWorker(p *Pool) (*worker, error) {
@@ -314,6 +317,9 @@ func (w *worker) round() (int, error) {
 	left := copy(w.popped, w.popped[moved:])
 	clear(w.popped[left:])
 	w.popped = w.popped[:left]
+	if int64(left) != w.waitingPopped.Load() {
+		w.waitingPopped.Store(int64(left))
+	}
 	if err == errRingFull {
 		if w.pool.ring.Closed() {
 			return moved, ringbuf.ErrClosed

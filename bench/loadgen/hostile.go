@@ -363,6 +363,13 @@ func Flood(ctx context.Context, t Target, n int) *Attack {
 // nothing, and returns a function that closes them. Connections that fail
 // are counted in the error.
 func IdleConns(ctx context.Context, t Target, n int) (closeAll func(), err error) {
+	return PartialConns(ctx, t, n, 0)
+}
+
+// PartialConns is IdleConns with connections that send the first k bytes
+// of a sample before they fall silent.
+func PartialConns(ctx context.Context, t Target, n, k int) (closeAll func(), err error) {
+	part := make([]byte, k)
 	conns := make([]net.Conn, 0, n)
 	var mu sync.Mutex
 	var failed atomic.Int64
@@ -376,7 +383,10 @@ func IdleConns(ctx context.Context, t Target, n int) (closeAll func(), err error
 			conn, err := t.Dial(ctx)
 			if err == nil {
 				conn.SetReadDeadline(time.Now().Add(30 * time.Second))
-				if err = t.opening(conn); err != nil {
+				if err = t.opening(conn); err == nil && k > 0 {
+					_, err = conn.Write(part)
+				}
+				if err != nil {
 					conn.Close()
 				}
 			}

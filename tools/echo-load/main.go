@@ -163,3 +163,10 @@ func holdIdleMain(arg string) error {
 	}
 	return loadgen.HoldIdle(arg[:i], n, os.Stdout, io.Reader(os.Stdin))
 }
+
+func dialUnix(path string) func(context.Context) (net.Conn, error) {
+	return func(ctx context.Context) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", path)
+	}
+}

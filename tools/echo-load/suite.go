@@ -84,6 +84,7 @@ func runSuite(o suiteOptions) (bool, error) {
 	s.networkFaults()
 	s.namespaces()
 	s.hostileRuns()
+	s.ingressAttacks()
 	s.checkLeaks(ignore, fds)
 	if o.fuzztime > 0 {
 		s.fuzzAll()

@@ -1,0 +1,217 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/seed-a9ef92a1/echo"
+	"github.com/seed-a9ef92a1/echo/bench/integrity"
+	"github.com/seed-a9ef92a1/echo/bench/loadgen"
+)
+
+// ingressAttacks runs the attacks on the ingress's reading of streams,
+// each beside honest actors on the same server, and sets every row beside
+// the honest actors' rate alone on that server (the mean of a run before
+// the attacks and one after).
+func (s *suite) ingressAttacks() {
+	dir, err := os.MkdirTemp("", "echo-load-")
+	if err != nil {
+		s.fail("ingress attacks", err)
+		return
+	}
+	defer os.RemoveAll(dir)
+	const stall = time.Second
+
+	// 200-byte samples, over TCP and a Unix socket.
+	path := filepath.Join(dir, "small.sock")
+	srv, done, err := s.server(64, echo.WithUnix(path), echo.WithStallTimeout(stall))
+	if err != nil {
+		s.fail("ingress attacks", err)
+		return
+	}
+	tcpT := loadgen.Target{Dial: dialTCP(srv.Addr().String()), Example: integrity.Example(body), Payload: srv.Spec().PayloadBytes()}
+	unixT := tcpT
+	unixT.Dial = dialUnix(path)
+	cfg := loadgen.Config{Actors: 16, Samples: s.scale(4000), Body: body, Seed: 11, Dial: tcpT.Dial}
+	n, per := 8, s.scale(2000)
+	s.beside(srv, cfg, "200-byte samples", []attackRun{
+		{"TCP", func(ctx context.Context, c *integrity.Checker) *loadgen.Attack {
+			return loadgen.OutOfBand(ctx, tcpT, c, body, n, per, 0)
+		}, loadgen.OutAckedIntact, ""},
+		{"Unix", func(ctx context.Context, c *integrity.Checker) *loadgen.Attack {
+			return loadgen.OutOfBand(ctx, unixT, c, body, n, per, 1000)
+		}, loadgen.OutAckedIntact, ""},
+		{"TCP", func(ctx context.Context, c *integrity.Checker) *loadgen.Attack {
+			return loadgen.Slowloris(ctx, tcpT, c, body, 32, 10, stall, 2000)
+		}, loadgen.OutStallClosed, "stalled"},
+	})
+	done(0)
+
+	// 40 KiB samples: gated on Unix sockets, so tiny writes meet the gate.
+	const mid = 40 << 10
+	path = filepath.Join(dir, "mid.sock")
+	srv, done, err = s.serverAt("127.0.0.1:0", mid, 16, echo.WithUnix(path))
+	if err != nil {
+		s.fail("ingress attacks", err)
+		return
+	}
+	unixT = loadgen.Target{Dial: dialUnix(path), Example: integrity.Example(mid), Payload: srv.Spec().PayloadBytes()}
+	cfg = loadgen.Config{Actors: 16, Samples: s.scale(800), Body: mid, Seed: 12, Dial: dialTCP(srv.Addr().String())}
+	s.beside(srv, cfg, "40 KiB samples", []attackRun{
+		{"Unix", func(ctx context.Context, c *integrity.Checker) *loadgen.Attack {
+			return loadgen.TinyWrites(ctx, unixT, c, mid, 4, s.scale(400), 3000)
+		}, loadgen.OutAckedIntact, ""},
+	})
+	done(0)
+
+	s.largeIdle()
+}
+
+// attackRun is one attack of a beside run: where it comes from, what it
+// runs, the outcome every attempt must see, and what the server counts.
+type attackRun struct {
+	transport string
+	run       func(ctx context.Context, check *integrity.Checker) *loadgen.Attack
+	want      string
+	counter   string // "stalled": the server must count every attempt in StalledConnections
+}
+
+// beside measures cfg's honest actors alone on srv, then beside each
+// attack, then alone again, and adds a hostile row per attack.
+func (s *suite) beside(srv *echo.Server, cfg loadgen.Config, samples string, attacks []attackRun) {
+	alone := func() float64 {
+		res, err := runOn(srv, cfg, nil)
+		s.record(fmt.Sprintf("honest actors alone (%s)", samples), res, err)
+		return res.Rate()
+	}
+	before := alone()
+	type row struct {
+		a      *loadgen.Attack
+		rate   float64
+		stalls int64
+	}
+	rows := make([]row, len(attacks))
+	for i, at := range attacks {
+		stalled0 := int64(0)
+		var a *loadgen.Attack
+		c := cfg
+		c.During = func(ctx context.Context, check *integrity.Checker) error {
+			a = at.run(ctx, check)
+			return nil
+		}
+		res, err := runOn(srv, c, nil)
+		if a == nil {
+			s.fail("ingress attacks", fmt.Errorf("%s: attack did not run (%v)", samples, err))
+			return
+		}
+		s.record(fmt.Sprintf("honest actors beside %s over %s (%s)", a.Kind, at.transport, samples), res, err)
+		rows[i] = row{a, res.Rate(), res.Info.StalledConnections - stalled0}
+	}
+	after := alone()
+	base := (before + after) / 2
+	for i, at := range attacks {
+		r := rows[i]
+		ratio := r.rate / base
+		server := fmt.Sprintf("honest actors' rate %.0f/s beside, %.0f/s alone: %.2f×", r.rate, base, ratio)
+		if at.counter == "stalled" {
+			server = fmt.Sprintf("%d counted in StalledConnections; ", r.stalls) + server
+			if r.stalls < int64(r.a.Tried) {
+				s.ok = false
+			}
+		}
+		s.attackRow(r.a, "no", at.want, fmt.Sprintf("%s (over %s, %s)", server, at.transport, samples))
+	}
+}
+
+// largeIdle holds 1,000 idle connections, then 1,000 that each sent a
+// sample's first byte, to a server of 8 MiB samples, and reports the
+// process's resident memory against the staging budget; honest actors run
+// alone and beside the idle ones.
+func (s *suite) largeIdle() {
+	const large = 8 << 20
+	const budget = 64 << 20
+	n := 1000
+	if s.o.quick {
+		n = 200
+	}
+	srv, done, err := s.serverAt("127.0.0.1:0", large, 4, echo.WithStagingBudget(budget),
+		echo.WithStallTimeout(time.Hour), echo.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		s.fail("large idle", err)
+		return
+	}
+	defer func() { done(0) }()
+	tg := loadgen.Target{Dial: dialTCP(srv.Addr().String()), Example: integrity.Example(large), Payload: srv.Spec().PayloadBytes()}
+	cfg := loadgen.Config{Actors: 4, Samples: s.scale(64), Body: large, Seed: 13, Dial: tg.Dial}
+	res, err := runOn(srv, cfg, nil)
+	s.record("honest actors alone (8 MiB samples)", res, err)
+	alone := res.Rate()
+
+	ctx := context.Background()
+	rss0 := rss()
+	closeIdle, err := loadgen.IdleConns(ctx, tg, n)
+	if err != nil {
+		s.fail("large idle", err)
+		closeIdle()
+		return
+	}
+	settle() // the handshakes are read: the hand-overs are under way
+	idleGrew := rss() - rss0
+	res, err = runOn(srv, cfg, nil)
+	s.record(fmt.Sprintf("honest actors beside %d idle connections (8 MiB samples)", n), res, err)
+	beside := res.Rate()
+	closeIdle()
+	settle()
+
+	rss0 = rss()
+	closePartial, err := loadgen.PartialConns(ctx, tg, n, 1)
+	if err != nil {
+		s.fail("large idle", err)
+		closePartial()
+		return
+	}
+	settle() // for the workers to take what buffers they can
+	partialGrew := rss() - rss0
+	closePartial()
+	settle()
+
+	ok := idleGrew < budget && partialGrew < budget+budget/4
+	if !ok {
+		s.ok = false
+	}
+	s.hostile = append(s.hostile, hostileRow{
+		kind: fmt.Sprintf("%d idle connections to a server of 8 MiB samples", n), secret: "no", tried: n, ok: ok,
+		outcome: loadgen.OutHeld,
+		server: fmt.Sprintf("resident memory grew %d MiB idle, %d MiB once each sent a sample's first byte (staging budget %d MiB, %d MiB of samples asked for); honest actors' rate %.0f/s beside the idle ones, %.0f/s alone: %.2f×",
+			idleGrew>>20, partialGrew>>20, budget>>20, n*large>>20, beside, alone, beside/alone),
+	})
+}
+
+// settle gives the server's goroutines time to take over what the
+// attackers just did.
+func settle() { time.Sleep(500 * time.Millisecond) }
+
+// rss returns the process's resident memory in bytes (VmRSS), or 0.
+func rss() int {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for line := range bytes.Lines(b) {
+		if rest, ok := bytes.CutPrefix(line, []byte("VmRSS:")); ok {
+			f := bytes.Fields(rest)
+			if len(f) == 0 {
+				return 0
+			}
+			kb, _ := strconv.Atoi(string(f[0]))
+			return kb << 10
+		}
+	}
+	return 0
+}
