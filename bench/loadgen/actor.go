@@ -67,6 +67,10 @@ type Config struct {
 	// given up), alongside the rest of the run; the run ends after it
 	// returns. Hostile scenarios attack from here.
 	During func(ctx context.Context, check *integrity.Checker) error
+	// StopDuring cancels During's context once every actor is done, for
+	// attacks that go on until then, so that they last as long as the
+	// actors they run beside.
+	StopDuring bool
 }
 
 // Kill kinds: where a killed connection was cut.
@@ -376,6 +380,11 @@ type Result struct {
 	Actors
 	Batches uint64
 	Elapsed time.Duration
+	// ActorsElapsed is the time from the start until the last actor was
+	// done: without the attacks that may run on (Config.During).
+	ActorsElapsed time.Duration
+	// ActorSamples is what the actors were to send: Actors × Samples.
+	ActorSamples int
 	// Info is the server's SampleInfo with the last batch, taken after
 	// every actor and attacker was done.
 	Info echo.SampleInfo
@@ -386,6 +395,12 @@ type Result struct {
 
 // Rate is the samples sent per second.
 func (r Result) Rate() float64 { return float64(r.Sent) / r.Elapsed.Seconds() }
+
+// ActorRate is the actors' own samples per second, until the last of them
+// was done: the rate of honest actors, whatever attacks ran beside them.
+func (r Result) ActorRate() float64 {
+	return float64(r.ActorSamples) / r.ActorsElapsed.Seconds()
+}
 
 // ErrIncomplete: the consumer did not see every acknowledged sample before
 // the run's context ended.
@@ -417,15 +432,23 @@ func Run(ctx context.Context, srv *echo.Server, cfg Config, pause func(batches i
 
 	ids := streams{check: check}
 	var (
-		count counters
-		wg    sync.WaitGroup
-		errMu sync.Mutex
-		first error
+		count  counters
+		wg     sync.WaitGroup // actors and During
+		actors sync.WaitGroup // actors alone
+		errMu  sync.Mutex
+		first  error
 	)
 	example := integrity.Example(cfg.Body)
 	hsLen := handshakeLen(example)
 	var connected sync.WaitGroup
 	connected.Add(cfg.Actors)
+	res.ActorSamples = cfg.Actors * cfg.Samples
+	var lastActor atomic.Int64 // ns after start the last actor was done
+	actorDone := func() {
+		d := int64(time.Since(start))
+		for old := lastActor.Load(); d > old && !lastActor.CompareAndSwap(old, d); old = lastActor.Load() {
+		}
+	}
 	for i := range cfg.Actors {
 		var once sync.Once
 		a := &actor{
@@ -439,7 +462,10 @@ func Run(ctx context.Context, srv *echo.Server, cfg Config, pause func(batches i
 			handshakeLen: hsLen,
 			connected:    func() { once.Do(connected.Done) },
 		}
+		actors.Add(1)
 		wg.Go(func() {
+			defer actors.Done()
+			defer actorDone()
 			defer a.connected()
 			if err := a.run(ctx); err != nil {
 				errMu.Lock()
@@ -449,9 +475,19 @@ func Run(ctx context.Context, srv *echo.Server, cfg Config, pause func(batches i
 		})
 	}
 	if cfg.During != nil {
+		dctx := ctx
+		if cfg.StopDuring {
+			var stop context.CancelFunc
+			dctx, stop = context.WithCancel(ctx)
+			defer stop()
+			go func() {
+				actors.Wait()
+				stop()
+			}()
+		}
 		wg.Go(func() {
 			connected.Wait()
-			if err := cfg.During(ctx, check); err != nil {
+			if err := cfg.During(dctx, check); err != nil {
 				errMu.Lock()
 				first = cmp(first, fmt.Errorf("loadgen: during the run: %w", err))
 				errMu.Unlock()
@@ -485,6 +521,7 @@ func Run(ctx context.Context, srv *echo.Server, cfg Config, pause func(batches i
 	res.Report = check.Report()
 	res.Actors = count.snapshot()
 	res.Elapsed = time.Since(start)
+	res.ActorsElapsed = time.Duration(lastActor.Load())
 	if first != nil {
 		return res, first
 	}

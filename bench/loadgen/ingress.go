@@ -26,12 +26,12 @@ const (
 	OutStallClosed = "its whole samples acked, closed at the stall timeout"
 )
 
-// OutOfBand sends samples integrity samples on each of n connections, one
-// byte of each (at a random offset) as out-of-band data (MSG_OOB). The
-// server must take that byte as a byte of the stream: every sample acked
-// and delivered intact.
-func OutOfBand(ctx context.Context, t Target, check *integrity.Checker, body, n, samples int, first uint32) *Attack {
-	return streamAttack(ctx, "out-of-band byte in every sample", t, check, body, n, samples, first,
+// OutOfBand has each of n connections send integrity samples, one every
+// every, until ctx ends, with one byte of each (at a random offset) sent
+// as out-of-band data (MSG_OOB). The server must take that byte as a byte
+// of the stream: every sample acked and delivered intact.
+func OutOfBand(ctx context.Context, t Target, check *integrity.Checker, body, n int, every time.Duration, first uint32) *Attack {
+	return streamAttack(ctx, "out-of-band byte in every sample", t, check, body, n, every, first,
 		func(conn net.Conn, raw syscall.RawConn, p []byte, rng *mrand.Rand) error {
 			at := rng.IntN(len(p))
 			if _, err := conn.Write(p[:at]); err != nil {
@@ -45,12 +45,13 @@ func OutOfBand(ctx context.Context, t Target, check *integrity.Checker, body, n,
 		})
 }
 
-// TinyWrites sends samples integrity samples on each of n connections in
-// writes of 1 to 64 bytes. On a Unix socket each write's overhead is
-// charged to the sender's buffer, which once filled before a whole gated
-// sample was queued: reader and writer then waited on each other for ever.
-func TinyWrites(ctx context.Context, t Target, check *integrity.Checker, body, n, samples int, first uint32) *Attack {
-	return streamAttack(ctx, "writes of 1 to 64 bytes", t, check, body, n, samples, first,
+// TinyWrites has each of n connections send integrity samples, one every
+// every, until ctx ends, each in writes of 1 to 64 bytes. On a Unix socket
+// each write's overhead is charged to the sender's buffer, which once
+// filled before a whole gated sample was queued: reader and writer then
+// waited on each other for ever.
+func TinyWrites(ctx context.Context, t Target, check *integrity.Checker, body, n int, every time.Duration, first uint32) *Attack {
+	return streamAttack(ctx, "writes of 1 to 64 bytes", t, check, body, n, every, first,
 		func(conn net.Conn, _ syscall.RawConn, p []byte, rng *mrand.Rand) error {
 			for len(p) > 0 {
 				k := min(1+rng.IntN(64), len(p))
@@ -66,12 +67,13 @@ func TinyWrites(ctx context.Context, t Target, check *integrity.Checker, body, n
 // The stream attacks take first, an offset of their stream numbers from
 // those of the other attacks in the same run.
 
-// streamAttack runs n connections that each send samples integrity samples
-// with write, then read every ack, and report to check.
-func streamAttack(ctx context.Context, kind string, t Target, check *integrity.Checker, body, n, samples int, first uint32,
+// streamAttack runs n connections that each send integrity samples with
+// write, one every every, until ctx ends, then read every ack, and report
+// to check.
+func streamAttack(ctx context.Context, kind string, t Target, check *integrity.Checker, body, n int, every time.Duration, first uint32,
 	write func(conn net.Conn, raw syscall.RawConn, p []byte, rng *mrand.Rand) error) *Attack {
 	return attempts(ctx, kind, n, n, func(ctx context.Context, i int) (string, uint64) {
-		conn, err := t.Dial(ctx)
+		conn, err := t.Dial(context.WithoutCancel(ctx))
 		if err != nil {
 			return OutError, 0
 		}
@@ -86,22 +88,29 @@ func streamAttack(ctx context.Context, kind string, t Target, check *integrity.C
 		id := check.StreamID(attackStreams + first + uint32(i))
 		rng := mrand.New(mrand.NewPCG(uint64(first), uint64(i)))
 		s := integrity.NewSample(body)
-		acked := make(chan int, 1)
-		go func() { acked <- countAcks(conn, samples) }()
+		var werr error
 		sent := 0
+		tick := time.NewTicker(every)
+		defer tick.Stop()
 		conn.SetWriteDeadline(time.Now().Add(time.Minute))
-		for sent < samples && ctx.Err() == nil {
+	send:
+		for {
+			select {
+			case <-ctx.Done():
+				break send
+			case <-tick.C:
+			}
 			s.Fill(id, uint64(sent))
-			if err := write(conn, raw, s.Payload, rng); err != nil {
+			if werr = write(conn, raw, s.Payload, rng); werr != nil {
 				break
 			}
 			sent++
 		}
 		conn.SetReadDeadline(time.Now().Add(time.Minute))
-		got := <-acked
+		got := countAcks(conn, sent)
 		check.Sent(id, uint64(sent), uint64(min(got, sent)))
-		if sent < samples || got != samples {
-			return fmt.Sprintf("sent %d of %d samples, %d acked", sent, samples, got), 0
+		if werr != nil || got != sent {
+			return fmt.Sprintf("sent %d samples (%v), %d acked", sent, werr, got), 0
 		}
 		return OutAckedIntact, 0
 	})
