@@ -119,6 +119,12 @@ func newWorker(p *Pool) (*worker, error) {
 	return w, nil
 }
 
+// serving reports whether the worker holds connections: then a full ring
+// must not block it, for it goes on serving them.
+func (w *worker) serving() bool {
+	return len(w.conns)-1 > len(w.freeSlots) || w.hasAdopt.Load()
+}
+
 // spaceWaker wakes a worker parked on a full ring.
 type spaceWaker struct{ w *worker }
 
@@ -224,7 +230,7 @@ func (w *worker) run() {
 	idle := 0
 	for !w.pool.closed.Load() {
 		moved, err := w.round()
-		if err == nil && (len(w.conns) > len(w.freeSlots)+1 || len(w.backlog) > 0) {
+		if err == nil && (w.serving() || len(w.backlog) > 0) {
 			var n int
 			n, err = w.poll()
 			moved += n
@@ -246,7 +252,7 @@ func (w *worker) run() {
 			idle = 0
 			continue
 		}
-		if idle < spinRounds && len(w.queues) > 0 {
+		if idle < spinRounds && len(w.queues) > 0 && len(w.popped) == 0 {
 			idle++
 			runtime.Gosched()
 			continue
@@ -310,6 +316,19 @@ func (w *worker) round() (int, error) {
 		return 0, nil
 	}
 	moved, err := w.insert(w.popped)
+	for err == errRingFull && !w.serving() {
+		// A worker with no connection to serve waits for the learner on
+		// the ring's condition variable, which hands it the CPU at the
+		// release: parked in its poller, it would wait for the runtime to
+		// poll the network, up to 10 ms when every core is busy (1,024
+		// producers ran at 0.57 of this rate that way).
+		if werr := w.pool.ring.WaitSpace(); werr != nil {
+			return moved, werr
+		}
+		var more int
+		more, err = w.insert(w.popped[moved:])
+		moved += more
+	}
 	for i, b := range w.popped[:moved] {
 		b.owner.recycle(b)
 		w.popped[i] = nil
