@@ -189,7 +189,7 @@ func TestInsertRespectsBatchBoundaries(t *testing.T) {
 	for seq := range 10 {
 		bufs = append(bufs, &Buffer{Data: sample(6, seq), owner: q})
 	}
-	if n, err := w.insert(bufs); err != nil || n != 10 {
+	if n, err := w.insert(bufs, false); err != nil || n != 10 {
 		t.Fatalf("insert = %d, %v; want all 10", n, err)
 	}
 	if st := r.Stats(); st.CASSuccess != 3 || st.Inserted != 10 {
@@ -201,7 +201,7 @@ func TestInsertRespectsBatchBoundaries(t *testing.T) {
 		}
 	}
 	// The ring holds 16: six more fit, and the rest wait for the learner.
-	if n, err := w.insert(bufs); err != errRingFull || n != 6 {
+	if n, err := w.insert(bufs, false); err != errRingFull || n != 6 {
 		t.Fatalf("insert into a ring with 6 free slots = %d, %v; want 6, errRingFull", n, err)
 	}
 }

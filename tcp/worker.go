@@ -315,20 +315,12 @@ func (w *worker) round() (int, error) {
 		w.prune()
 		return 0, nil
 	}
-	moved, err := w.insert(w.popped)
-	for err == errRingFull && !w.serving() {
-		// A worker with no connection to serve waits for the learner on
-		// the ring's condition variable, which hands it the CPU at the
-		// release: parked in its poller, it would wait for the runtime to
-		// poll the network, up to 10 ms when every core is busy (1,024
-		// producers ran at 0.57 of this rate that way).
-		if werr := w.pool.ring.WaitSpace(); werr != nil {
-			return moved, werr
-		}
-		var more int
-		more, err = w.insert(w.popped[moved:])
-		moved += more
-	}
+	// A worker with no connection to serve waits for the learner in the
+	// ring's writer loop, whose condition variable hands it the CPU at the
+	// release: parked in its poller, it would wait for the runtime to poll
+	// the network, up to 10 ms when every core is busy (1,024 producers
+	// ran at 0.57 of this rate that way).
+	moved, err := w.insert(w.popped, !w.serving())
 	for i, b := range w.popped[:moved] {
 		b.owner.recycle(b)
 		w.popped[i] = nil
@@ -364,13 +356,20 @@ func growTo(s []*Buffer, n int) []*Buffer {
 }
 
 // insert copies bufs into the ring with as few reservations as the batch
-// boundaries allow, and returns how many went in: all of them, or those
-// before the ring filled up (errRingFull).
-func (w *worker) insert(bufs []*Buffer) (int, error) {
+// boundaries allow, and returns how many went in: all of them, or, unless
+// it may block for space, those before the ring filled up (errRingFull).
+func (w *worker) insert(bufs []*Buffer, block bool) (int, error) {
 	done := 0
 	for done < len(bufs) {
-		res, ok := w.pool.ring.TryClaim(len(bufs) - done)
-		if !ok {
+		var res ringbuf.Reservation
+		if block {
+			var err error
+			if res, err = w.pool.ring.Claim(len(bufs)-done, nil); err != nil {
+				return done, err
+			}
+		} else if r, ok := w.pool.ring.TryClaim(len(bufs) - done); ok {
+			res = r
+		} else {
 			return done, errRingFull
 		}
 		var t0 int64
