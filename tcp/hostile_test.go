@@ -401,3 +401,50 @@ func TestStagingBudgetBoundsMemory(t *testing.T) {
 }
 
 var _ = errors.Is
+
+// A full ring parks the connections whose samples wait for it, not the
+// worker: on the same worker, another connection's close is still served
+// (its acks flushed, its socket closed) while the learner takes nothing,
+// and once the learner takes batches again everything waiting arrives in
+// order. A worker that blocked on the full ring served nobody until the
+// learner's next release.
+func TestFullRingStillServesOtherConnections(t *testing.T) {
+	const payload, batch = 64, 4
+	r := newRig(t, payload, batch, false, Config{Workers: 1}, ServeConfig{})
+	b := r.dial()
+	if _, err := b.Write(append(streamSample(0, payload), streamSample(1, payload)...)); err != nil {
+		t.Fatal(err)
+	}
+	readAcksWithin(t, b, 2, 5*time.Second)
+	a := r.dial()
+	var stream []byte
+	for i := 2; i < 22; i++ {
+		stream = append(stream, streamSample(i, payload)...)
+	}
+	if _, err := a.Write(stream); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the ring full", func() bool { return !r.ring.HasSpace() })
+
+	start := time.Now()
+	if err := b.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	b.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if rest, err := io.ReadAll(b); err != nil || len(rest) != 0 {
+		t.Fatalf("after its close, the peer read %d bytes and %v; want the server's close", len(rest), err)
+	}
+	t.Logf("a peer's close served in %v while the ring was full", time.Since(start))
+	eventually(t, "one connection left", func() bool { return r.pool.ActiveConnections() == 1 })
+
+	// The learner comes back: the 22 samples arrive in order (the last
+	// two in a batch still open).
+	for k := 0; k+batch <= 22; k += batch {
+		got, err := r.next(5 * time.Second)
+		if err != nil {
+			t.Fatalf("batch at sample %d: %v", k, err)
+		}
+		r.wantSamples(got, k)
+	}
+	readAcksWithin(t, a, 20, 5*time.Second)
+}
