@@ -42,30 +42,36 @@ func TestSubmitSampleAllocatesNothing(t *testing.T) {
 func TestProducerSendAllocatesNothing(t *testing.T) {
 	w := bench.Workloads()[0]
 	for _, route := range routes {
-		t.Run(route.name, func(t *testing.T) {
-			sample := w.MustSample(1)
-			s := newServerFor(t, sample, w.BatchSize, route.opt)
-			prod, err := s.NewProducer()
-			if err != nil {
+		for _, ws := range strategies {
+			t.Run(route.name+"/"+ws.String(), func(t *testing.T) {
+				producerRound(t, w, route.opt, echo.WithWaitStrategy(ws))
+			})
+		}
+	}
+}
+
+func producerRound(t *testing.T, w bench.Workload, opts ...echo.Option) {
+	sample := w.MustSample(1)
+	s := newServerFor(t, sample, w.BatchSize, opts...)
+	prod, err := s.NewProducer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prod.Close()
+	ctx := context.Background()
+	round := func() {
+		for range w.BatchSize {
+			if err := prod.Send(sample); err != nil {
 				t.Fatal(err)
 			}
-			defer prod.Close()
-			ctx := context.Background()
-			round := func() {
-				for range w.BatchSize {
-					if err := prod.Send(sample); err != nil {
-						t.Fatal(err)
-					}
-				}
-				if _, err := s.Sample(ctx); err != nil {
-					t.Fatal(err)
-				}
-			}
-			round()
-			if n := testing.AllocsPerRun(20, round); n != 0 {
-				t.Fatalf("Send×%d + Sample allocates %.1f times, want 0", w.BatchSize, n)
-			}
-		})
+		}
+		if _, err := s.Sample(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	round()
+	if n := testing.AllocsPerRun(20, round); n != 0 {
+		t.Fatalf("Send×%d + Sample allocates %.1f times, want 0", w.BatchSize, n)
 	}
 }
 
@@ -75,36 +81,40 @@ func TestProducerSendAllocatesNothing(t *testing.T) {
 // goroutine.
 func TestTCPSendSampleAllocatesNothing(t *testing.T) {
 	for _, w := range bench.Workloads() {
-		t.Run(w.Short, func(t *testing.T) {
-			sample := w.MustSample(1)
-			s := newServerFor(t, sample, w.BatchSize, echo.WithTCP("127.0.0.1:0"))
-			if err := s.Start(); err != nil {
+		for _, ws := range strategies {
+			t.Run(w.Short+"/"+ws.String(), func(t *testing.T) { tcpRound(t, w, ws) })
+		}
+	}
+}
+
+func tcpRound(t *testing.T, w bench.Workload, ws echo.WaitStrategy) {
+	sample := w.MustSample(1)
+	s := newServerFor(t, sample, w.BatchSize, echo.WithTCP("127.0.0.1:0"), echo.WithWaitStrategy(ws))
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	c, err := echo.Dial(ctx, s.Addr().String(), sample)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	round := func() {
+		for range w.BatchSize {
+			if err := c.Send(sample); err != nil {
 				t.Fatal(err)
 			}
-			ctx := context.Background()
-			c, err := echo.Dial(ctx, s.Addr().String(), sample)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			round := func() {
-				for range w.BatchSize {
-					if err := c.Send(sample); err != nil {
-						t.Fatal(err)
-					}
-				}
-				if _, err := s.Sample(ctx); err != nil {
-					t.Fatal(err)
-				}
-				if err := c.Wait(ctx); err != nil {
-					t.Fatal(err)
-				}
-			}
-			round()
-			if n := testing.AllocsPerRun(10, round); n != 0 {
-				t.Fatalf("Client.Send×%d + Sample allocates %.1f times, want 0", w.BatchSize, n)
-			}
-		})
+		}
+		if _, err := s.Sample(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	round()
+	if n := testing.AllocsPerRun(10, round); n != 0 {
+		t.Fatalf("Client.Send×%d + Sample allocates %.1f times, want 0", w.BatchSize, n)
 	}
 }
 

@@ -49,6 +49,7 @@ type config struct {
 	authTimeout         time.Duration
 	stagingBudget       int64
 	stallTimeout        time.Duration
+	wait                WaitStrategy
 }
 
 func defaultConfig() config {

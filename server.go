@@ -141,9 +141,10 @@ func NewServer(example any, batchSize int, opts ...Option) (*Server, error) {
 		s.slabBoxed = append(s.slabBoxed, pytree.Box(leaves))
 		s.outLeaves = append(s.outLeaves, append([]pytree.Array(nil), leaves...))
 	}
+	ring.SetSpin(cfg.wait.spin)
 	s.pool, err = tcp.NewPool(tcp.Config{
 		Ring: ring, Spec: spec, Workers: cfg.numDrainers, Detailed: cfg.detailedMetrics, Logger: cfg.logger,
-		StagingBudget: cfg.stagingBudget, StallTimeout: cfg.stallTimeout,
+		StagingBudget: cfg.stagingBudget, StallTimeout: cfg.stallTimeout, Spin: cfg.wait.spin,
 	})
 	if err != nil {
 		ring.Free()

@@ -41,9 +41,11 @@ import (
 	"math"
 	"math/bits"
 	"os"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -162,9 +164,16 @@ type Ring struct {
 	blocked, casSuccess, casFailure, retries atomic.Uint64
 	_                                        [120]byte
 
+	// waiting is set by the consumer before it blocks in Next, after which
+	// it looks at the counter once more; a writer completing a batch
+	// loads it after its add and sends a token only when it is set.
+	waiting atomic.Bool
+	_       [124]byte
+
 	// Consumer-only state: written and read by the goroutine calling Next.
-	next    uint64 // number of batches handed out so far
-	holding bool   // whether batch next-1 is still held by the consumer
+	next    uint64        // number of batches handed out so far
+	holding bool          // whether batch next-1 is still held by the consumer
+	spin    time.Duration // SetSpin's
 }
 
 // New maps and pre-faults a ring of the given layout.
@@ -441,6 +450,11 @@ func (r *Ring) Commit(res Reservation) (completed bool) {
 		return false
 	}
 	r.notifies.Add(1)
+	// A consumer that is not waiting (it spins, or it is still reading the
+	// last batch) looks at the counter before it waits: no token needed.
+	if !r.waiting.Load() {
+		return true
+	}
 	// One token is enough: the consumer re-checks the counter of the slab it
 	// wants after every token, so a token already waiting covers this batch.
 	select {
@@ -455,29 +469,82 @@ func (r *Ring) Commit(res Reservation) (completed bool) {
 // slab index; the slab's memory is the consumer's until the next call of
 // Next or Release. Only one goroutine at a time may call Next and Release.
 //
+// How it waits is SetSpin's: it parks at once (the default), or spins on
+// the slab's commit counter first.
+//
 // Next returns ErrClosed once the ring is closed, and ctx's error if ctx is
 // done first.
 func (r *Ring) Next(ctx context.Context) (slab int, err error) {
 	r.Release()
 	s := r.next % r.numSlabs
+	if r.spin != 0 && !r.ready1(s) {
+		if err := r.spinFor(ctx, s); err != nil {
+			return 0, err
+		}
+	}
 	for {
 		if r.closed.Load() {
 			return 0, ErrClosed
 		}
-		// This load acquires every writer's copy into the slab.
-		if r.slabs[s].commit.Load() == r.batch {
+		if r.ready1(s) {
+			r.waiting.Store(false)
 			r.next++
 			r.holding = true
 			return int(s), nil
+		}
+		// Announce the wait, then look again: either that look sees the
+		// completing commit, or the committer sees waiting and sends.
+		if !r.waiting.Load() {
+			r.waiting.Store(true)
+			continue
 		}
 		select {
 		case <-r.ready:
 		case <-r.done:
 		case <-ctx.Done():
+			r.waiting.Store(false)
 			return 0, ctx.Err()
 		}
 	}
 }
+
+// ready1 reports whether slab s holds a complete batch. Its load acquires
+// every writer's copy into the slab.
+func (r *Ring) ready1(s uint64) bool { return r.slabs[s].commit.Load() == r.batch }
+
+// spinCheck is how many spins pass between looks at the clock and at ctx.
+const spinCheck = 64
+
+// spinFor spins until slab s is complete, the ring closes, ctx is done, or
+// the spin time has passed (never, for a negative spin). It yields the
+// processor between looks, so that on a machine with fewer cores than
+// busy goroutines the writers it waits for still run.
+func (r *Ring) spinFor(ctx context.Context, s uint64) error {
+	var deadline time.Time
+	if r.spin > 0 {
+		deadline = time.Now().Add(r.spin)
+	}
+	for i := 1; ; i++ {
+		if r.ready1(s) || r.closed.Load() {
+			return nil
+		}
+		if i%spinCheck == 0 {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if r.spin > 0 && time.Now().After(deadline) {
+				return nil
+			}
+		}
+		runtime.Gosched()
+	}
+}
+
+// SetSpin sets how Next waits: 0 parks at once (the default, and the
+// cheapest at idle); d > 0 spins on the commit counter for up to d, then
+// parks; d < 0 spins until the batch is complete (for a learner with a
+// core of its own). Call it before the consumer's first Next.
+func (r *Ring) SetSpin(d time.Duration) { r.spin = d }
 
 // HasSpace reports whether a claim now would find a slot: a free one, or
 // one given back. Any goroutine may call it.

@@ -59,6 +59,11 @@ type Config struct {
 	// 0 means DefaultStagingBudget; it is raised to one sample if smaller.
 	// Past it, connections that need a buffer wait for one.
 	StagingBudget int64
+	// Spin is how a worker with nothing to do waits: 0 parks at once in
+	// its poller (the cheapest at idle); d > 0 polls for up to d before it
+	// parks; d < 0 polls for ever on an OS thread of its own (busy
+	// polling, for hosts with a core to spare per worker).
+	Spin time.Duration
 	// StallTimeout drops a connection that holds a partial sample and
 	// sends none of the rest for that long. 0 means DefaultStallTimeout;
 	// negative, never.
@@ -90,6 +95,7 @@ type Pool struct {
 	stallTimeout time.Duration
 	// stalled counts connections dropped for a stalled partial sample.
 	stalled atomic.Uint64
+	spin    time.Duration // Config.Spin
 
 	// acceptor is set once by Serve; Stats and Close load it.
 	acceptor atomic.Pointer[acceptor]
@@ -134,6 +140,7 @@ func NewPool(cfg Config) (*Pool, error) {
 		done:      make(chan struct{}),
 		log:       cfg.Logger,
 		acks:      bytes.Repeat([]byte{wire.Ack}, ackBufLen),
+		spin:      cfg.Spin,
 	}
 	for _, l := range cfg.Spec.Leaves() {
 		p.leafBytes = append(p.leafBytes, l.NumBytes())

@@ -227,10 +227,17 @@ func (w *worker) parkDeadline() time.Time {
 // call on either side. With connections, each round also collects the
 // socket events already pending.
 func (w *worker) run() {
+	spin := w.pool.spin
+	if spin < 0 {
+		// Busy polling: the worker owns an OS thread and never parks.
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+	}
 	idle := 0
+	var idleSince time.Time
 	for !w.pool.closed.Load() {
 		moved, err := w.round()
-		if err == nil && (w.serving() || len(w.backlog) > 0) {
+		if err == nil && (spin != 0 || w.serving() || len(w.backlog) > 0) {
 			var n int
 			n, err = w.poll()
 			moved += n
@@ -252,7 +259,23 @@ func (w *worker) run() {
 			idle = 0
 			continue
 		}
-		if idle < spinRounds && len(w.queues) > 0 && len(w.popped) == 0 {
+		switch {
+		case spin < 0:
+			// Yield the P between polls (the OS thread stays), so that
+			// goroutines of this process still run where cores are few.
+			runtime.Gosched()
+			continue
+		case spin > 0:
+			// Spin, then park: poll for up to spin since the last work.
+			if idle == 0 {
+				idleSince = time.Now()
+			}
+			idle++
+			if idle%spinCheck != 0 || time.Since(idleSince) < spin {
+				runtime.Gosched()
+				continue
+			}
+		case idle < spinRounds && len(w.queues) > 0 && len(w.popped) == 0:
 			idle++
 			runtime.Gosched()
 			continue
@@ -268,6 +291,10 @@ func (w *worker) run() {
 		}
 	}
 }
+
+// spinCheck is how many empty polls a spinning worker makes between looks
+// at the clock.
+const spinCheck = 16
 
 // round resumes parked connections whose wait is over, checks for stalled
 // ones, and moves every sample its queues held on arrival into the ring; it
