@@ -57,6 +57,7 @@ type options struct {
 	markdown   string
 	suite      bool
 	interop    bool
+	latency    bool
 	clients    []int
 	workloads  []string
 	group      int
@@ -84,8 +85,17 @@ func main() {
 	fs.IntVar(&o.group, "group", 1, "samples per Go client call: 1 is Client.Send, more is Client.SendBatch")
 	fs.BoolVar(&o.suite, "suite", true, "run the benchmark suite, layer by layer")
 	fs.BoolVar(&o.interop, "interop", true, "run the comparison with echo's own server and client")
+	fs.BoolVar(&o.latency, "latency", true, "run the latency section: learner and actor in separate processes, at fixed rates, beside the reference and echo's own server")
+	var latencyChildArg string
+	fs.StringVar(&latencyChildArg, "latency-child", "", "internal, for --latency: serve as a learner process of `KIND:BATCH:WAIT`")
 	fs.DurationVar(&benchtime, "benchtime", time.Second, "time per suite benchmark (--quick: 100ms)")
 	cmd.Parse(os.Args[1:])
+	if latencyChildArg != "" {
+		if err := latencyChild(latencyChildArg); err != nil {
+			fatal(err)
+		}
+		return
+	}
 	if o.quick && benchtime == time.Second {
 		benchtime = 100 * time.Millisecond
 	}
@@ -136,12 +146,16 @@ type Result struct {
 
 // Report is what echo-bench writes as JSON.
 type Report struct {
-	Machine     Machine  `json:"machine"`
-	EchoVersion string   `json:"echo_version,omitempty"`
-	Group       int      `json:"go_client_group"`
-	Quick       bool     `json:"quick"`
-	Suite       []Row    `json:"suite,omitempty"`
-	Results     []Result `json:"results"`
+	Machine     Machine      `json:"machine"`
+	EchoVersion string       `json:"echo_version,omitempty"`
+	Group       int          `json:"go_client_group"`
+	Quick       bool         `json:"quick"`
+	Suite       []Row        `json:"suite,omitempty"`
+	Results     []Result     `json:"results"`
+	Latency     []LatencyRow `json:"latency,omitempty"`
+	// PingPong is the floor of the latency section: p50 and p99 round
+	// trips to a sink in another process, µs.
+	PingPong [2]float64 `json:"ping_pong_us,omitempty"`
 }
 
 // Machine describes where the figures come from.
@@ -257,6 +271,13 @@ func run(o options) error {
 		}
 		rep.Results = append(rep.Results, r)
 	}
+	if o.latency {
+		rep.PingPong, rep.Latency, err = runLatency(o, bar)
+		if err != nil {
+			bar.Clear()
+			return fmt.Errorf("latency: %w", err)
+		}
+	}
 	bar.Clear()
 	fmt.Println()
 	var md strings.Builder
@@ -269,6 +290,9 @@ func run(o options) error {
 		rep.Machine.Features, rep.Machine.Kernel, rep.Machine.Go, rep.Machine.HugePages, rep.Machine.RingHugePages, echoSide)
 	if len(rep.Suite) > 0 {
 		writeSuite(&md, rep.Suite)
+	}
+	if len(rep.Latency) > 0 {
+		writeLatency(&md, rep.PingPong, rep.Latency)
 	}
 	if len(rep.Results) > 0 {
 		fmt.Fprintln(&md, "#### Beside echo: the same load generators against this server and echo's")

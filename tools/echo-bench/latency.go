@@ -1,0 +1,309 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/seed-a9ef92a1/echo"
+	"github.com/seed-a9ef92a1/echo/bench"
+)
+
+// The latency section: a learner in one process and an actor in another,
+// as users deploy them (bench/xlatency.go has the method). Each learner
+// runs in a child process: this program again, with --latency-child, or
+// echo's own server (tools/interop/latency_server.py).
+
+// LatencyRow is one cell: a learner at one rate.
+type LatencyRow struct {
+	Learner string  `json:"learner"` // "reference", "echo-go park", ..., "echo (id-echo)"
+	Batch   int     `json:"batch"`
+	Rate    string  `json:"rate"` // "idle", "1000/s", ..., "saturated"
+	Sent    float64 `json:"samples_per_s"`
+	P50     float64 `json:"p50_us"`
+	P99     float64 `json:"p99_us"`
+	P999    float64 `json:"p999_us"`
+	CPU     float64 `json:"cpu_cores"` // the learner process's CPU, in cores
+	// Stalled: the learner stopped acknowledging for 5 s in this window.
+	Stalled bool `json:"stalled,omitempty"`
+}
+
+// latencyRates are the fixed rates, then saturation (0).
+var latencyRates = []float64{1000, 10000, 50000, 0}
+
+// latencyStrategies are the Go learner's wait strategies measured.
+var latencyStrategies = []echo.WaitStrategy{echo.Park(), echo.SpinThenPark(50 * time.Microsecond), echo.BusyPoll()}
+
+// latencyChild is the body of a --latency-child process: "KIND:BATCH:WAIT".
+func latencyChild(arg string) error {
+	parts := strings.Split(arg, ":")
+	if len(parts) != 3 {
+		return fmt.Errorf("--latency-child %q: want KIND:BATCH:WAIT", arg)
+	}
+	batch, err := strconv.Atoi(parts[1])
+	if err != nil {
+		return err
+	}
+	var ws echo.WaitStrategy
+	switch parts[2] {
+	case "park", "":
+		ws = echo.Park()
+	case "busy":
+		ws = echo.BusyPoll()
+	default:
+		d, err := time.ParseDuration(parts[2])
+		if err != nil {
+			return err
+		}
+		ws = echo.SpinThenPark(d)
+	}
+	return bench.ServeLatency(parts[0], batch, ws, os.Stdin, os.Stdout)
+}
+
+// learnerProc is a learner child process and its control pipes.
+type learnerProc struct {
+	cmd  *exec.Cmd
+	in   io.WriteCloser
+	out  *bufio.Scanner
+	addr string
+}
+
+func startLearner(cmd *exec.Cmd) (*learnerProc, error) {
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	outPipe, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &learnerProc{cmd: cmd, in: in, out: bufio.NewScanner(outPipe)}
+	var hello struct{ Addr string }
+	if err := p.read(&hello); err != nil {
+		p.stop()
+		return nil, fmt.Errorf("learner %v: %w", cmd.Args, err)
+	}
+	p.addr = hello.Addr
+	return p, nil
+}
+
+func (p *learnerProc) read(v any) error {
+	if !p.out.Scan() {
+		return errors.Join(errors.New("no answer"), p.out.Err())
+	}
+	return json.Unmarshal(p.out.Bytes(), v)
+}
+
+func (p *learnerProc) command(c string, v any) error {
+	if _, err := fmt.Fprintln(p.in, c); err != nil {
+		return err
+	}
+	return p.read(v)
+}
+
+func (p *learnerProc) stop() error {
+	p.in.Close()
+	done := make(chan error, 1)
+	go func() { done <- p.cmd.Wait() }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(10 * time.Second):
+		p.cmd.Process.Kill()
+		return errors.New("learner did not exit on EOF")
+	}
+}
+
+// latencySamples is how many samples a cell sends at rate (0: saturated).
+func latencySamples(rate float64, quick bool) int {
+	secs := 2.0
+	if quick {
+		secs = 0.25
+	}
+	if rate == 0 {
+		rate = 100000
+	}
+	return max(200, int(rate*secs))
+}
+
+// measureLearner measures one learner, in a fresh process for the idle
+// window and for each rate (start makes one): a learner that stalls at one
+// rate cannot spoil the next.
+func measureLearner(start func() (*learnerProc, error), name string, batch int, quick bool) ([]LatencyRow, error) {
+	var rows []LatencyRow
+	idle, err := measureRate(start, name, batch, -1, quick)
+	if err != nil {
+		return nil, err
+	}
+	rows = append(rows, idle)
+	for _, rate := range latencyRates {
+		r, err := measureRate(start, name, batch, rate, quick)
+		if err != nil {
+			return nil, err
+		}
+		rows = append(rows, r)
+	}
+	return rows, nil
+}
+
+// measureRate runs one window: idle (rate < 0), a fixed rate, or
+// saturation (0). A learner that stalls gives a row marked so.
+func measureRate(start func() (*learnerProc, error), name string, batch int, rate float64, quick bool) (row LatencyRow, err error) {
+	row = LatencyRow{Learner: name, Batch: batch, Rate: "idle"}
+	switch {
+	case rate > 0:
+		row.Rate = fmt.Sprintf("%.0f/s", rate)
+	case rate == 0:
+		row.Rate = "saturated"
+	}
+	p, err := start()
+	if err != nil {
+		return row, err
+	}
+	defer func() {
+		if serr := p.stop(); serr != nil && err == nil && !row.Stalled {
+			err = serr
+		}
+	}()
+	var ok struct{ OK bool }
+	var rep bench.LatencyReport
+	if rate < 0 {
+		if err := p.command("reset", &ok); err != nil {
+			return row, err
+		}
+		time.Sleep(map[bool]time.Duration{true: 200 * time.Millisecond, false: time.Second}[quick])
+		if err := p.command("report", &rep); err != nil {
+			return row, err
+		}
+		row.CPU = rep.CPU()
+		return row, nil
+	}
+	actor, err := bench.DialLatency(p.addr)
+	if err != nil {
+		return row, err
+	}
+	defer actor.Close()
+	if err := actor.Send(0, 4*batch); err != nil { // warm up
+		return row, err
+	}
+	n := latencySamples(rate, quick)
+	n -= n % batch
+	if err := p.command("reset", &ok); err != nil {
+		return row, err
+	}
+	t0 := time.Now()
+	if err := actor.Send(rate, n); err != nil {
+		if errors.Is(err, bench.ErrStalled) {
+			row.Stalled = true
+			p.cmd.Process.Kill()
+			return row, nil
+		}
+		return row, fmt.Errorf("%s at %s: %w", name, row.Rate, err)
+	}
+	row.Sent = float64(n) / time.Since(t0).Seconds()
+	if err := p.command("report", &rep); err != nil {
+		return row, err
+	}
+	row.P50, row.P99, row.P999, row.CPU = rep.P50, rep.P99, rep.P999, rep.CPU()
+	return row, nil
+}
+
+// runLatency measures the floors, the reference, this package's learner
+// under each wait strategy and echo's own learner, for batch 1 and 32.
+func runLatency(o options, bar interface{ Printf(string, ...any) }) (floor [2]float64, rows []LatencyRow, err error) {
+	self, err := os.Executable()
+	if err != nil {
+		return floor, nil, err
+	}
+	child := func(kind string, batch int, wait string) *exec.Cmd {
+		return exec.Command(self, "--latency-child", fmt.Sprintf("%s:%d:%s", kind, batch, wait))
+	}
+	// The ping-pong floor: a sink in its own process.
+	sink, err := startLearner(child("sink", 1, ""))
+	if err != nil {
+		return floor, nil, err
+	}
+	actor, err := bench.DialLatency(sink.addr)
+	if err == nil {
+		floor[0], floor[1], err = actor.PingPong(map[bool]int{true: 500, false: 5000}[o.quick])
+		actor.Close()
+	}
+	sink.stop()
+	if err != nil {
+		return floor, nil, fmt.Errorf("ping-pong floor: %w", err)
+	}
+	type learner struct {
+		name string
+		cmd  func(batch int) *exec.Cmd
+	}
+	learners := []learner{{"reference", func(b int) *exec.Cmd { return child("reference", b, "") }}}
+	for _, ws := range latencyStrategies {
+		arg := "park"
+		switch ws.String() {
+		case "park":
+		case "busy-poll":
+			arg = "busy"
+		default:
+			arg = "50us"
+		}
+		learners = append(learners, learner{"echo-go " + ws.String(), func(b int) *exec.Cmd { return child("echo", b, arg) }})
+	}
+	if _, err := echoVersion(o.python); err == nil {
+		learners = append(learners, learner{"echo (id-echo)", func(b int) *exec.Cmd {
+			return exec.Command(o.python, filepath.Join(o.interopDir, "latency_server.py"), "--batch", strconv.Itoa(b))
+		}})
+	}
+	for _, batch := range []int{1, 32} {
+		for _, l := range learners {
+			bar.Printf("latency: %s, batch %d", l.name, batch)
+			r, err := measureLearner(func() (*learnerProc, error) { return startLearner(l.cmd(batch)) }, l.name, batch, o.quick)
+			if err != nil {
+				return floor, rows, fmt.Errorf("%s batch %d: %w", l.name, batch, err)
+			}
+			rows = append(rows, r...)
+		}
+	}
+	return floor, rows, nil
+}
+
+// writeLatency writes the latency table: each row beside the reference's
+// row of the same batch and rate.
+func writeLatency(w io.Writer, floor [2]float64, rows []LatencyRow) {
+	heading(w, fmt.Sprintf("Latency across processes: actor timestamp → learner holds the batch, one TCP connection, 16-byte samples (ping-pong floor: p50 %.0f µs, p99 %.0f µs)", floor[0], floor[1]),
+		"learner", "batch", "rate", "achieved/s", "p50 µs", "p99 µs", "p99.9 µs", "p50 / ref", "p99 / ref", "learner CPU (cores)")
+	ref := map[string]LatencyRow{}
+	for _, r := range rows {
+		if r.Learner == "reference" {
+			ref[fmt.Sprint(r.Batch, r.Rate)] = r
+		}
+	}
+	for _, r := range rows {
+		if r.Rate == "idle" {
+			fmt.Fprintf(w, "| %s | %d | idle | – | – | – | – | – | – | %.3f |\n", r.Learner, r.Batch, r.CPU)
+			continue
+		}
+		if r.Stalled {
+			fmt.Fprintf(w, "| %s | %d | %s | stalled: no ack for 5 s | – | – | – | – | – | – |\n", r.Learner, r.Batch, r.Rate)
+			continue
+		}
+		x50, x99 := "–", "–"
+		if f, ok := ref[fmt.Sprint(r.Batch, r.Rate)]; ok && r.Learner != "reference" && f.P50 > 0 {
+			x50, x99 = fmt.Sprintf("%.2f", r.P50/f.P50), fmt.Sprintf("%.2f", r.P99/f.P99)
+		}
+		fmt.Fprintf(w, "| %s | %d | %s | %s | %.0f | %.0f | %.0f | %s | %s | %.2f |\n",
+			r.Learner, r.Batch, r.Rate, rate(r.Sent), r.P50, r.P99, r.P999, x50, x99, r.CPU)
+	}
+	fmt.Fprintln(w)
+}
