@@ -359,7 +359,7 @@ func (w *worker) readWholeSamples(c *conn, k int) (int, error) {
 	}
 	got, err := w.readInto(c.fd, res)
 	if got > 0 {
-		p.ring.Commit(ringbuf.Reservation{Start: res.Start, N: got})
+		p.commit(ringbuf.Reservation{Start: res.Start, N: got})
 		c.owed += got
 		c.samples += uint64(got)
 		w.setDepth(c, c.depth-got)
@@ -456,7 +456,7 @@ func (w *worker) readStaged(c *conn, one bool) (int, error) {
 			return moved, errRingFull // the sample waits, whole, in stage
 		}
 		p.copySample(res.Start, c.stage)
-		p.ring.Commit(res)
+		p.commit(res)
 		c.staged = 0
 		c.owed++
 		c.samples++

@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -175,6 +176,18 @@ func NewPool(cfg Config) (*Pool, error) {
 		p.wg.Go(w.run)
 	}
 	return p, nil
+}
+
+// commit commits res and, when that completes a batch, yields the
+// processor. The completing commit readies the learner on this P, and the
+// yield lets it run here at once, on a warm core, instead of waiting for
+// an idle core to be woken for it (about 10 µs of the 50 µs from an
+// actor's write to the learner, measured across processes here); the
+// worker resumes right after, with the acks.
+func (p *Pool) commit(res ringbuf.Reservation) {
+	if p.ring.Commit(res) {
+		runtime.Gosched()
+	}
 }
 
 // wakeStageWaiters tells every worker that a staging buffer came back.

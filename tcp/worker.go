@@ -409,7 +409,7 @@ func (w *worker) insert(bufs []*Buffer, block bool) (int, error) {
 		if w.pool.detailed {
 			w.memcpy.Record(w.pool.now() - t0)
 		}
-		w.pool.ring.Commit(res)
+		w.pool.commit(res)
 		done += res.N
 	}
 	return done, nil

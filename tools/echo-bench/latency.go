@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -32,8 +33,10 @@ type LatencyRow struct {
 	P99     float64 `json:"p99_us"`
 	P999    float64 `json:"p999_us"`
 	CPU     float64 `json:"cpu_cores"` // the learner process's CPU, in cores
-	// Stalled: the learner stopped acknowledging for 5 s in this window.
+	// Stalled: the learner stopped acknowledging for 5 s in a window.
 	Stalled bool `json:"stalled,omitempty"`
+	// Windows is the number of windows the figures are the medians of.
+	Windows int `json:"windows"`
 }
 
 // latencyRates are the fixed rates, then saturation (0).
@@ -66,6 +69,41 @@ func latencyChild(arg string) error {
 		ws = echo.SpinThenPark(d)
 	}
 	return bench.ServeLatency(parts[0], batch, ws, os.Stdin, os.Stdout)
+}
+
+// rateLabel names a window's rate: idle (< 0), saturated (0), or n/s.
+func rateLabel(rate float64) string {
+	switch {
+	case rate < 0:
+		return "idle"
+	case rate == 0:
+		return "saturated"
+	}
+	return fmt.Sprintf("%.0f/s", rate)
+}
+
+// medianRow is the row of several windows: each figure's median. A
+// learner that stalled in any window is marked stalled.
+func medianRow(ws []LatencyRow) LatencyRow {
+	out := ws[0]
+	out.Windows = len(ws)
+	med := func(f func(LatencyRow) float64) float64 {
+		v := make([]float64, len(ws))
+		for i, w := range ws {
+			v[i] = f(w)
+		}
+		slices.Sort(v)
+		return v[len(v)/2]
+	}
+	for _, w := range ws {
+		out.Stalled = out.Stalled || w.Stalled
+	}
+	out.Sent = med(func(r LatencyRow) float64 { return r.Sent })
+	out.P50 = med(func(r LatencyRow) float64 { return r.P50 })
+	out.P99 = med(func(r LatencyRow) float64 { return r.P99 })
+	out.P999 = med(func(r LatencyRow) float64 { return r.P999 })
+	out.CPU = med(func(r LatencyRow) float64 { return r.CPU })
+	return out
 }
 
 // learnerProc is a learner child process and its control pipes.
@@ -138,36 +176,10 @@ func latencySamples(rate float64, quick bool) int {
 	return max(200, int(rate*secs))
 }
 
-// measureLearner measures one learner, in a fresh process for the idle
-// window and for each rate (start makes one): a learner that stalls at one
-// rate cannot spoil the next.
-func measureLearner(start func() (*learnerProc, error), name string, batch int, quick bool) ([]LatencyRow, error) {
-	var rows []LatencyRow
-	idle, err := measureRate(start, name, batch, -1, quick)
-	if err != nil {
-		return nil, err
-	}
-	rows = append(rows, idle)
-	for _, rate := range latencyRates {
-		r, err := measureRate(start, name, batch, rate, quick)
-		if err != nil {
-			return nil, err
-		}
-		rows = append(rows, r)
-	}
-	return rows, nil
-}
-
 // measureRate runs one window: idle (rate < 0), a fixed rate, or
 // saturation (0). A learner that stalls gives a row marked so.
 func measureRate(start func() (*learnerProc, error), name string, batch int, rate float64, quick bool) (row LatencyRow, err error) {
-	row = LatencyRow{Learner: name, Batch: batch, Rate: "idle"}
-	switch {
-	case rate > 0:
-		row.Rate = fmt.Sprintf("%.0f/s", rate)
-	case rate == 0:
-		row.Rate = "saturated"
-	}
+	row = LatencyRow{Learner: name, Batch: batch, Rate: rateLabel(rate), Windows: 1}
 	p, err := start()
 	if err != nil {
 		return row, err
@@ -265,14 +277,29 @@ func runLatency(o options, bar interface{ Printf(string, ...any) }) (floor [2]fl
 			return exec.Command(o.python, filepath.Join(o.interopDir, "latency_server.py"), "--batch", strconv.Itoa(b))
 		}})
 	}
+	// Rates outer, learners inner, repeats interleaved: every learner
+	// meets the same stretch of the machine's noise. Each window runs in a
+	// fresh learner process; the rows hold the median of the repeats.
 	for _, batch := range []int{1, 32} {
-		for _, l := range learners {
-			bar.Printf("latency: %s, batch %d", l.name, batch)
-			r, err := measureLearner(func() (*learnerProc, error) { return startLearner(l.cmd(batch)) }, l.name, batch, o.quick)
-			if err != nil {
-				return floor, rows, fmt.Errorf("%s batch %d: %w", l.name, batch, err)
+		for _, rate := range append([]float64{-1}, latencyRates...) {
+			repeats := 1
+			if !o.quick && (rate == 1000 || rate == 10000) {
+				repeats = 3
 			}
-			rows = append(rows, r...)
+			windows := make([][]LatencyRow, len(learners))
+			for range repeats {
+				for i, l := range learners {
+					bar.Printf("latency: batch %d, %s, %s", batch, rateLabel(rate), l.name)
+					r, err := measureRate(func() (*learnerProc, error) { return startLearner(l.cmd(batch)) }, l.name, batch, rate, o.quick)
+					if err != nil {
+						return floor, rows, fmt.Errorf("%s batch %d: %w", l.name, batch, err)
+					}
+					windows[i] = append(windows[i], r)
+				}
+			}
+			for _, w := range windows {
+				rows = append(rows, medianRow(w))
+			}
 		}
 	}
 	return floor, rows, nil
@@ -281,7 +308,7 @@ func runLatency(o options, bar interface{ Printf(string, ...any) }) (floor [2]fl
 // writeLatency writes the latency table: each row beside the reference's
 // row of the same batch and rate.
 func writeLatency(w io.Writer, floor [2]float64, rows []LatencyRow) {
-	heading(w, fmt.Sprintf("Latency across processes: actor timestamp → learner holds the batch, one TCP connection, 16-byte samples (ping-pong floor: p50 %.0f µs, p99 %.0f µs)", floor[0], floor[1]),
+	heading(w, fmt.Sprintf("Latency across processes: actor timestamp → learner holds the batch, one TCP connection, 16-byte samples (ping-pong floor: p50 %.0f µs, p99 %.0f µs; 1,000 and 10,000/s: medians of 3 interleaved windows)", floor[0], floor[1]),
 		"learner", "batch", "rate", "achieved/s", "p50 µs", "p99 µs", "p99.9 µs", "p50 / ref", "p99 / ref", "learner CPU (cores)")
 	ref := map[string]LatencyRow{}
 	for _, r := range rows {
