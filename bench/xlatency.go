@@ -384,3 +384,68 @@ func (a *LatencyActor) PingPong(n int) (p50, p99 float64, err error) {
 
 // Close closes the connection.
 func (a *LatencyActor) Close() error { return a.conn.Close() }
+
+// ProducerLatency is the in-process path: a Producer on an OS thread of
+// its own, sleeping between samples, sends n samples at rate per second (0:
+// as fast as it can) to a server with wait strategy ws, whose learner
+// records each sample's time from Send to Sample's return. CPU is the whole
+// process's: producer, worker and learner.
+func ProducerLatency(ws echo.WaitStrategy, batch int, rate float64, n int) (LatencyReport, error) {
+	srv, err := echo.NewServer(LatencyExample(), batch, echo.WithWaitStrategy(ws))
+	if err != nil {
+		return LatencyReport{}, err
+	}
+	defer srv.Close()
+	prod, err := srv.NewProducer()
+	if err != nil {
+		return LatencyReport{}, err
+	}
+	defer prod.Close()
+	rec := newRecorder()
+	done := make(chan error, 1)
+	go func() {
+		for got := 0; got < n; got += batch {
+			smp, err := srv.Sample(context.Background())
+			if err != nil {
+				done <- err
+				return
+			}
+			t, err := echo.View[int64](smp, "t")
+			if err != nil {
+				done <- err
+				return
+			}
+			rec.record(func(i int) int64 { return t[i] }, len(t))
+		}
+		done <- nil
+	}()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	sample := LatencyExample().(map[string]any)
+	ts, _ := sample["t"].(pytree.Array).Int64()
+	rec.reset()
+	start := Monotonic()
+	for i := range n {
+		if rate > 0 {
+			due := start + int64(float64(i)*1e9/rate)
+			if wait := due - Monotonic(); wait > 0 {
+				t := unix.NsecToTimespec(wait)
+				for unix.Nanosleep(&t, &t) == unix.EINTR {
+				}
+			}
+		}
+		ts[0] = Monotonic()
+		if err := prod.Send(sample); err != nil {
+			return LatencyReport{}, err
+		}
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			return LatencyReport{}, err
+		}
+	case <-time.After(30 * time.Second):
+		return LatencyReport{}, ErrStalled
+	}
+	return rec.report(), nil
+}

@@ -37,6 +37,9 @@ type LatencyRow struct {
 	Stalled bool `json:"stalled,omitempty"`
 	// Windows is the number of windows the figures are the medians of.
 	Windows int `json:"windows"`
+	// InProcess: a Producer in the learner's process; CPU is then the
+	// whole process's.
+	InProcess bool `json:"in_process,omitempty"`
 }
 
 // latencyRates are the fixed rates, then saturation (0).
@@ -302,6 +305,26 @@ func runLatency(o options, bar interface{ Printf(string, ...any) }) (floor [2]fl
 			}
 		}
 	}
+	// In process: Producer.Send → Sample, per strategy.
+	for _, batch := range []int{1, 32} {
+		for _, ws := range latencyStrategies {
+			for _, rate := range latencyRates {
+				bar.Printf("latency: in process, batch %d, %s, %s", batch, rateLabel(rate), ws)
+				n := latencySamples(rate, o.quick)
+				n -= n % batch
+				t0 := time.Now()
+				rep, err := bench.ProducerLatency(ws, batch, rate, n)
+				if err != nil {
+					return floor, rows, fmt.Errorf("in process, %s, batch %d, %s: %w", ws, batch, rateLabel(rate), err)
+				}
+				rows = append(rows, LatencyRow{
+					Learner: "in process: Producer, " + ws.String(), Batch: batch, Rate: rateLabel(rate), Windows: 1,
+					Sent: float64(n) / time.Since(t0).Seconds(), P50: rep.P50, P99: rep.P99, P999: rep.P999, CPU: rep.CPU(),
+					InProcess: true,
+				})
+			}
+		}
+	}
 	return floor, rows, nil
 }
 
@@ -317,6 +340,9 @@ func writeLatency(w io.Writer, floor [2]float64, rows []LatencyRow) {
 		}
 	}
 	for _, r := range rows {
+		if r.InProcess {
+			continue
+		}
 		if r.Rate == "idle" {
 			fmt.Fprintf(w, "| %s | %d | idle | – | – | – | – | – | – | %.3f |\n", r.Learner, r.Batch, r.CPU)
 			continue
@@ -331,6 +357,15 @@ func writeLatency(w io.Writer, floor [2]float64, rows []LatencyRow) {
 		}
 		fmt.Fprintf(w, "| %s | %d | %s | %s | %.0f | %.0f | %.0f | %s | %s | %.2f |\n",
 			r.Learner, r.Batch, r.Rate, rate(r.Sent), r.P50, r.P99, r.P999, x50, x99, r.CPU)
+	}
+	fmt.Fprintln(w)
+	heading(w, "Latency in process: Producer.Send → Sample returns, 16-byte samples",
+		"producer, learner's strategy", "batch", "rate", "achieved/s", "p50 µs", "p99 µs", "p99.9 µs", "process CPU (cores)")
+	for _, r := range rows {
+		if r.InProcess {
+			fmt.Fprintf(w, "| %s | %d | %s | %s | %.1f | %.1f | %.1f | %.2f |\n",
+				strings.TrimPrefix(r.Learner, "in process: Producer, "), r.Batch, r.Rate, rate(r.Sent), r.P50, r.P99, r.P999, r.CPU)
+		}
 	}
 	fmt.Fprintln(w)
 }
