@@ -443,25 +443,39 @@ func (r *Ring) Claim(want int, onFull func()) (Reservation, error) {
 // Commit marks the reservation's slots as written. The writer whose commit
 // completes a batch wakes the consumer; Commit reports whether it did.
 func (r *Ring) Commit(res Reservation) (completed bool) {
+	completed, _ = r.commit(res)
+	return completed
+}
+
+// CommitWake is Commit, reporting whether the commit completed a batch and
+// woke the consumer waiting for it: a writer that then yields its
+// processor lets the consumer run at once on it.
+func (r *Ring) CommitWake(res Reservation) (woke bool) {
+	_, woke = r.commit(res)
+	return woke
+}
+
+func (r *Ring) commit(res Reservation) (completed, woke bool) {
 	s := (res.Start / r.batch) % r.numSlabs
 	// The add publishes this writer's copies into the slots to the consumer,
 	// which loads the counter before reading the slab.
 	if r.slabs[s].commit.Add(uint64(res.N)) != r.batch {
-		return false
+		return false, false
 	}
 	r.notifies.Add(1)
 	// A consumer that is not waiting (it spins, or it is still reading the
 	// last batch) looks at the counter before it waits: no token needed.
 	if !r.waiting.Load() {
-		return true
+		return true, false
 	}
 	// One token is enough: the consumer re-checks the counter of the slab it
 	// wants after every token, so a token already waiting covers this batch.
 	select {
 	case r.ready <- struct{}{}:
+		return true, true
 	default:
+		return true, false
 	}
-	return true
 }
 
 // Next gives back the batch handed out by the previous call (its views die

@@ -409,7 +409,7 @@ func (w *worker) insert(bufs []*Buffer, block bool) (int, error) {
 		if w.pool.detailed {
 			w.memcpy.Record(w.pool.now() - t0)
 		}
-		w.pool.commit(res)
+		w.pool.ring.Commit(res)
 		done += res.N
 	}
 	return done, nil
