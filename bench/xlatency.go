@@ -295,6 +295,21 @@ func (a *LatencyActor) readAcks() {
 	}
 }
 
+// pace sleeps the calling OS thread, with nanosleep, until sample i of a
+// stream of rate per second that began at start (Monotonic) is due; a
+// rate of 0 never sleeps.
+func pace(start int64, i int, rate float64) {
+	if rate <= 0 {
+		return
+	}
+	due := start + int64(float64(i)*1e9/rate)
+	if wait := due - Monotonic(); wait > 0 {
+		ts := unix.NsecToTimespec(wait)
+		for unix.Nanosleep(&ts, &ts) == unix.EINTR {
+		}
+	}
+}
+
 // ErrStalled: the learner acknowledged nothing for stallAfter while the
 // actor's window was full.
 var ErrStalled = errors.New("bench: the learner stopped acknowledging")
@@ -313,14 +328,7 @@ func (a *LatencyActor) Send(rate float64, n int) error {
 	defer stall.Stop()
 	start := Monotonic()
 	for i := range n {
-		if rate > 0 {
-			due := start + int64(float64(i)*1e9/rate)
-			if wait := due - Monotonic(); wait > 0 {
-				ts := unix.NsecToTimespec(wait)
-				for unix.Nanosleep(&ts, &ts) == unix.EINTR {
-				}
-			}
-		}
+		pace(start, i, rate)
 		select {
 		case a.acks <- struct{}{}:
 		default:
@@ -426,14 +434,7 @@ func ProducerLatency(ws echo.WaitStrategy, batch int, rate float64, n int) (Late
 	rec.reset()
 	start := Monotonic()
 	for i := range n {
-		if rate > 0 {
-			due := start + int64(float64(i)*1e9/rate)
-			if wait := due - Monotonic(); wait > 0 {
-				t := unix.NsecToTimespec(wait)
-				for unix.Nanosleep(&t, &t) == unix.EINTR {
-				}
-			}
-		}
+		pace(start, i, rate)
 		ts[0] = Monotonic()
 		if err := prod.Send(sample); err != nil {
 			return LatencyReport{}, err

@@ -85,25 +85,33 @@ func liveOne(t *testing.T, stream []byte, cut uint8) {
 			}
 		}
 		c.(*net.TCPConn).CloseWrite()
-		acks, err := io.ReadAll(c) // until the server closes its side
+		wantWholeSamples(t, s, c, stream)
+	}
+}
+
+// wantWholeSamples reads the acks on c until the server closes its side,
+// and checks that the server acked exactly the whole samples of stream and
+// delivers exactly those, byte for byte and in order.
+func wantWholeSamples(t *testing.T, s *echo.Server, c net.Conn, stream []byte) {
+	t.Helper()
+	acks, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("reading acks: %v", err)
+	}
+	whole := len(stream) / livePayload
+	if !bytes.Equal(acks, bytes.Repeat([]byte{wire.Ack}, whole)) {
+		t.Fatalf("%d bytes sent over %s: acks %x, want %d", len(stream), c.LocalAddr().Network(), acks, whole)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for k := range whole {
+		smp, err := s.Sample(ctx)
 		if err != nil {
-			t.Fatalf("reading acks: %v", err)
+			t.Fatalf("sample %d of %d: %v", k, whole, err)
 		}
-		whole := len(stream) / livePayload
-		if !bytes.Equal(acks, bytes.Repeat([]byte{wire.Ack}, whole)) {
-			t.Fatalf("%d bytes sent: acks %x, want %d", len(stream), acks, whole)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		for k := range whole {
-			smp, err := s.Sample(ctx)
-			if err != nil {
-				t.Fatalf("sample %d of %d: %v", k, whole, err)
-			}
-			got := append(append([]byte(nil), smp.Leaves[0].Bytes()...), smp.Leaves[1].Bytes()...)
-			if want := stream[k*livePayload : (k+1)*livePayload]; !bytes.Equal(got, want) {
-				t.Fatalf("sample %d: % x, want % x", k, got, want)
-			}
+		got := append(append([]byte(nil), smp.Leaves[0].Bytes()...), smp.Leaves[1].Bytes()...)
+		if want := stream[k*livePayload : (k+1)*livePayload]; !bytes.Equal(got, want) {
+			t.Fatalf("sample %d: % x, want % x", k, got, want)
 		}
 	}
 }

@@ -2,9 +2,7 @@ package fuzz
 
 import (
 	"bytes"
-	"context"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -98,26 +96,7 @@ func streamOne(t *testing.T, stream, plan []byte, overUnix bool) {
 	if err := c.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
 		t.Fatal(err)
 	}
-	acks, err := io.ReadAll(c) // until the server closes its side
-	if err != nil {
-		t.Fatalf("reading acks: %v", err)
-	}
-	whole := len(stream) / livePayload
-	if !bytes.Equal(acks, bytes.Repeat([]byte{wire.Ack}, whole)) {
-		t.Fatalf("%d bytes sent over %s: acks %x, want %d", len(stream), network, acks, whole)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	for k := range whole {
-		smp, err := s.Sample(ctx)
-		if err != nil {
-			t.Fatalf("sample %d of %d: %v", k, whole, err)
-		}
-		got := append(append([]byte(nil), smp.Leaves[0].Bytes()...), smp.Leaves[1].Bytes()...)
-		if want := stream[k*livePayload : (k+1)*livePayload]; !bytes.Equal(got, want) {
-			t.Fatalf("sample %d over %s: % x, want % x", k, network, got, want)
-		}
-	}
+	wantWholeSamples(t, s, c, stream)
 }
 
 // sendOOB sends b (one byte) as out-of-band data.
