@@ -329,37 +329,43 @@ func (a *LatencyActor) Send(rate float64, n int) error {
 	start := Monotonic()
 	for i := range n {
 		pace(start, i, rate)
-		select {
-		case a.acks <- struct{}{}:
-		default:
-			stall.Reset(stallAfter)
-			select {
-			case a.acks <- struct{}{}:
-			case err := <-a.done:
-				return err
-			case <-stall.C:
-				return ErrStalled
-			}
+		if err := a.take(stall); err != nil {
+			return err
 		}
 		binary.LittleEndian.PutUint64(buf, uint64(Monotonic()))
 		if _, err := a.conn.Write(buf); err != nil {
 			return err
 		}
 	}
-	stall.Reset(stallAfter)
+	// Every sample is acked once the whole window can be taken.
 	for range cap(a.acks) {
-		select {
-		case a.acks <- struct{}{}:
-		case err := <-a.done:
+		if err := a.take(stall); err != nil {
 			return err
-		case <-stall.C:
-			return ErrStalled
 		}
 	}
 	for range cap(a.acks) {
 		<-a.acks
 	}
 	return nil
+}
+
+// take takes a place in the in-flight window, waiting at most stallAfter
+// (stall is the caller's timer) for an ack to free one.
+func (a *LatencyActor) take(stall *time.Timer) error {
+	select {
+	case a.acks <- struct{}{}:
+		return nil
+	default:
+	}
+	stall.Reset(stallAfter)
+	select {
+	case a.acks <- struct{}{}:
+		return nil
+	case err := <-a.done:
+		return err
+	case <-stall.C:
+		return ErrStalled
+	}
 }
 
 // PingPong sends n samples one at a time, each after the last one's ack,

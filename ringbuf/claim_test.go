@@ -5,7 +5,6 @@ import (
 	"errors"
 	"runtime"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -14,7 +13,7 @@ import (
 func fill(t *testing.T, r *Ring) {
 	t.Helper()
 	for range r.NumSlabs() {
-		res, err := r.Claim(r.BatchSize(), nil)
+		res, err := r.Claim(r.BatchSize())
 		if err != nil || res.N != r.BatchSize() {
 			t.Fatalf("Claim(%d) = %+v, %v", r.BatchSize(), res, err)
 		}
@@ -29,32 +28,32 @@ type claimResult struct {
 }
 
 // blockedClaim starts Claim(want) on a full ring and returns once it has
-// called onFull, with the count of onFull calls and the result to come.
-func blockedClaim(t *testing.T, r *Ring, want int) (*atomic.Int32, chan claimResult) {
+// counted itself blocked, with the result to come.
+func blockedClaim(t *testing.T, r *Ring, want int) chan claimResult {
 	t.Helper()
-	var full atomic.Int32
+	before := r.blocked.Load()
 	done := make(chan claimResult, 1)
 	go func() {
-		res, err := r.Claim(want, func() { full.Add(1) })
+		res, err := r.Claim(want)
 		done <- claimResult{res, err}
 	}()
 	deadline := time.Now().Add(10 * time.Second)
-	for full.Load() == 0 {
+	for r.blocked.Load() == before {
 		if time.Now().After(deadline) {
-			t.Fatal("Claim on a full ring never called onFull")
+			t.Fatal("Claim on a full ring never counted itself blocked")
 		}
 		time.Sleep(time.Millisecond)
 	}
-	return &full, done
+	return done
 }
 
-// TestClaimWaitsForSpace checks that Claim on a full ring calls onFull
-// once, waits until the consumer gives a slab back, and then reserves from
+// TestClaimWaitsForSpace checks that Claim on a full ring counts itself
+// blocked once, waits until the consumer gives a slab back, and then reserves from
 // it; and that the writer counters say so.
 func TestClaimWaitsForSpace(t *testing.T) {
 	r := mustNew(t, Layout{BatchSize: 2, NumSlabs: 2, LeafBytes: []int{8}, Detailed: true})
 	fill(t, r)
-	full, done := blockedClaim(t, r, 3)
+	done := blockedClaim(t, r, 3)
 	select {
 	case c := <-done:
 		t.Fatalf("Claim on a full ring returned %+v, %v", c.res, c.err)
@@ -77,9 +76,6 @@ func TestClaimWaitsForSpace(t *testing.T) {
 	if c.err != nil || c.res != (Reservation{Start: 4, N: 2}) {
 		t.Fatalf("Claim = %+v, %v; want 2 slots from 4 (capped at the batch)", c.res, c.err)
 	}
-	if n := full.Load(); n != 1 {
-		t.Errorf("onFull called %d times, want once", n)
-	}
 	st := r.Stats()
 	if st.Blocked != 1 || st.CASSuccess != 3 || st.CASFailure != 0 || st.Retries < 1 {
 		t.Errorf("stats %+v: want 1 blocked, 3 successes, no failure, at least 1 retry", st)
@@ -87,12 +83,12 @@ func TestClaimWaitsForSpace(t *testing.T) {
 }
 
 // TestClaimReturnsErrClosed checks that Close wakes a Claim waiting for
-// space, and that Claim on a closed ring fails at once without calling
-// onFull or counting a blocked claim.
+// space, and that Claim on a closed ring fails at once without counting a
+// blocked claim.
 func TestClaimReturnsErrClosed(t *testing.T) {
 	r := mustNew(t, Layout{BatchSize: 2, NumSlabs: 2, LeafBytes: []int{8}})
 	fill(t, r)
-	_, done := blockedClaim(t, r, 1)
+	done := blockedClaim(t, r, 1)
 	r.Close()
 	select {
 	case c := <-done:
@@ -105,11 +101,10 @@ func TestClaimReturnsErrClosed(t *testing.T) {
 
 	r2 := mustNew(t, Layout{BatchSize: 2, NumSlabs: 2, LeafBytes: []int{8}})
 	r2.Close()
-	called := false
-	if _, err := r2.Claim(1, func() { called = true }); !errors.Is(err, ErrClosed) {
+	if _, err := r2.Claim(1); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Claim on a closed ring = %v, want ErrClosed", err)
 	}
-	if called || r2.Stats().Blocked != 0 {
+	if r2.Stats().Blocked != 0 {
 		t.Error("Claim on a closed, empty ring counted itself blocked")
 	}
 	if err := r2.WaitSpace(); !errors.Is(err, ErrClosed) {
@@ -129,7 +124,7 @@ func TestClaimCounters(t *testing.T) {
 		for range writers {
 			wg.Go(func() {
 				for range perWriter {
-					res, err := r.Claim(1, nil)
+					res, err := r.Claim(1)
 					if err != nil {
 						t.Error(err)
 						return

@@ -408,14 +408,12 @@ func (r *Ring) NotifySpace(w Waker) bool {
 
 // Claim is the one writer loop for writers that may block: it claims up to
 // want slots (TryClaim), waiting while the ring is full (WaitSpace), and
-// keeps the writer counters. onFull, when not nil, runs once before the first wait: an
-// ingress worker flushes the acks it owes there, so that a client bounded
-// by its in-flight window learns of the samples already in the ring. Claim
-// returns ErrClosed once the ring is closed. Every reservation it returns
-// must be committed.
+// keeps the writer counters: a claim that waits counts once in Blocked.
+// Claim returns ErrClosed once the ring is closed. Every reservation it
+// returns must be committed.
 //
 // Claim may be called by any number of writers at once.
-func (r *Ring) Claim(want int, onFull func()) (Reservation, error) {
+func (r *Ring) Claim(want int) (Reservation, error) {
 	blocked := false
 	for {
 		if res, ok := r.TryClaim(want); ok {
@@ -427,9 +425,6 @@ func (r *Ring) Claim(want int, onFull func()) (Reservation, error) {
 		if !blocked {
 			blocked = true
 			r.blocked.Add(1)
-			if onFull != nil {
-				onFull()
-			}
 		}
 		if r.detailed {
 			r.retries.Add(1)

@@ -189,7 +189,7 @@ func TestShortReadReturnsItsSlots(t *testing.T) {
 			w := newBareWorker(t, r)
 			if earlier > 0 {
 				// Slots 0-2 go to the test, 3-7 back to the ring.
-				res, err := r.Claim(8, nil)
+				res, err := r.Claim(8)
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -395,8 +395,11 @@ func TestStagingBudgetBoundsMemory(t *testing.T) {
 	if maxHeld > budget {
 		t.Fatalf("staging held %d bytes, budget %d", maxHeld, budget)
 	}
-	if st := r.pool.Stats(); st.StagingHeld > budget || st.StagingInUse != 0 {
-		t.Fatalf("after the run: staging held %d (budget %d), in use %d", st.StagingHeld, budget, st.StagingInUse)
+	// The last buffer goes back when its worker next finds the socket
+	// empty, which may be just after the learner has the sample.
+	eventually(t, "every staging buffer given back", func() bool { return r.pool.Stats().StagingInUse == 0 })
+	if st := r.pool.Stats(); st.StagingHeld > budget {
+		t.Fatalf("after the run: staging held %d, budget %d", st.StagingHeld, budget)
 	}
 }
 

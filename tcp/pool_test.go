@@ -368,7 +368,7 @@ func TestCloseReleasesEverything(t *testing.T) {
 	// A producer whose buffer is stuck in its worker, which waits for
 	// ring space, and who waits in Acquire for it.
 	for range 2 {
-		res, err := r.Claim(1, nil)
+		res, err := r.Claim(1)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -88,7 +88,7 @@ func TestAcquireWaitsForRecycle(t *testing.T) {
 	r := newRing(t, 1, 2)
 	p := newPool(t, r, 1, nil)
 	for range 2 {
-		res, err := r.Claim(1, nil)
+		res, err := r.Claim(1)
 		if err != nil {
 			t.Fatal(err)
 		}

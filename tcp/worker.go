@@ -391,7 +391,7 @@ func (w *worker) insert(bufs []*Buffer, block bool) (int, error) {
 		var res ringbuf.Reservation
 		if block {
 			var err error
-			if res, err = w.pool.ring.Claim(len(bufs)-done, nil); err != nil {
+			if res, err = w.pool.ring.Claim(len(bufs) - done); err != nil {
 				return done, err
 			}
 		} else if r, ok := w.pool.ring.TryClaim(len(bufs) - done); ok {
