@@ -117,10 +117,11 @@ type conn struct {
 	// waiting for a ring slot or a staging buffer.
 	waitRing, waitStage bool
 
-	peer       string // the remote address, for logs
-	samples    uint64 // samples delivered, for logs
-	owed       int    // acks owed to the peer and not yet written
-	peerClosed bool   // EPOLLRDHUP, EPOLLHUP or EPOLLERR seen
+	peer       string   // the remote address, for logs
+	sess       *session // version 2: the session this connection serves
+	samples    uint64   // samples delivered, for logs
+	owed       int      // acks owed to the peer and not yet written
+	peerClosed bool     // EPOLLRDHUP, EPOLLHUP or EPOLLERR seen
 	inBacklog  bool
 
 	// depth is the number of whole samples seen waiting in the kernel at
@@ -135,11 +136,14 @@ type conn struct {
 // buffer two whole samples or more (see transport.go), in which case
 // samples wait in the kernel until whole and are read straight into their
 // slots. The pool owns fd from now on, even when addConn fails.
-func (p *Pool) addConn(fd int, gated, stagePartials bool, peer string) error {
-	c := &conn{fd: fd, gated: gated, stagePartials: stagePartials, peer: peer}
+func (p *Pool) addConn(fd int, gated, stagePartials bool, peer string, sess *session) error {
+	c := &conn{fd: fd, gated: gated, stagePartials: stagePartials, peer: peer, sess: sess}
 	p.mu.Lock()
 	if p.closed.Load() {
 		p.mu.Unlock()
+		if sess != nil {
+			sess.detach(fd, p.acceptor.Load())
+		}
 		unix.Close(fd)
 		return ErrClosed
 	}
@@ -216,9 +220,24 @@ func (w *worker) drop(c *conn, reason error) {
 	w.setDepth(c, 0)
 	w.releaseStage(c)
 	c.partialAt = 0
+	if c.sess != nil {
+		// Before the close: a reconnection of the session may be waiting
+		// for this end, and must not see the descriptor reused.
+		c.sess.detach(c.fd, w.pool.acceptor.Load())
+	}
 	unix.Close(c.fd) // removes it from the epoll set; nothing to report on failure
 	c.fd = -1
 	w.nconns.Add(-1)
+}
+
+// committed counts n samples of c's just committed to the ring: acks owed
+// to the peer, and its session's position.
+func (c *conn) committed(n int) {
+	c.owed += n
+	c.samples += uint64(n)
+	if c.sess != nil {
+		c.sess.committed.Add(uint64(n))
+	}
 }
 
 // setDepth records that c has d whole samples waiting, keeping the
@@ -360,8 +379,7 @@ func (w *worker) readWholeSamples(c *conn, k int) (int, error) {
 	got, err := w.readInto(c.fd, res)
 	if got > 0 {
 		p.commit(ringbuf.Reservation{Start: res.Start, N: got})
-		c.owed += got
-		c.samples += uint64(got)
+		c.committed(got)
 		w.setDepth(c, c.depth-got)
 	}
 	if got < res.N {
@@ -458,8 +476,7 @@ func (w *worker) readStaged(c *conn, one bool) (int, error) {
 		p.copySample(res.Start, c.stage)
 		p.commit(res)
 		c.staged = 0
-		c.owed++
-		c.samples++
+		c.committed(1)
 		moved++
 		if one {
 			w.releaseStage(c)

@@ -58,7 +58,7 @@ func TestGatedBatchInOneTurn(t *testing.T) {
 	if _, err := peer.Write(samples(7, 0, 4)); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.addConn(fd, true, false, "peer"); err != nil {
+	if err := p.addConn(fd, true, false, "peer", nil); err != nil {
 		t.Fatal(err)
 	}
 	for i, s := range nextBatch(t, r) {
@@ -80,7 +80,7 @@ func TestStagedSampleCommittedWhole(t *testing.T) {
 	r := newRing(t, 2, 2)
 	p := newPool(t, r, 1, nil)
 	fd, peer := socketPair(t)
-	if err := p.addConn(fd, false, false, "peer"); err != nil {
+	if err := p.addConn(fd, false, false, "peer", nil); err != nil {
 		t.Fatal(err)
 	}
 	stream := samples(3, 0, 2)
@@ -133,7 +133,7 @@ func TestPartialSampleDropped(t *testing.T) {
 			r := newRing(t, 2, 2)
 			p := newPool(t, r, 1, testLogger(&logs))
 			fd, peer := socketPair(t)
-			if err := p.addConn(fd, tc.gated, false, "peer"); err != nil {
+			if err := p.addConn(fd, tc.gated, false, "peer", nil); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := peer.Write(samples(5, 0, 2)[:payload+payload/2]); err != nil {
@@ -338,7 +338,7 @@ func TestBacklogDrainsOnItsOwn(t *testing.T) {
 	p := newPool(t, r, 1, nil)
 	fd, peer := socketPair(t)
 	go peer.Write(samples(4, 0, total))
-	if err := p.addConn(fd, true, false, "peer"); err != nil {
+	if err := p.addConn(fd, true, false, "peer", nil); err != nil {
 		t.Fatal(err)
 	}
 	for b := range 3 {

@@ -84,7 +84,8 @@ type Pool struct {
 	ring      *ringbuf.Ring
 	leafBytes []int
 	payload   int
-	handshake []byte // the wire handshake every connection receives
+	handshake []byte      // the wire handshake every connection receives
+	leaves    []wire.Leaf // the tree as version 2 describes it
 	detailed  bool
 	epoch     time.Time
 	workers   []*worker
@@ -136,6 +137,7 @@ func NewPool(cfg Config) (*Pool, error) {
 		ring:      cfg.Ring,
 		payload:   cfg.Spec.PayloadBytes(),
 		handshake: handshake,
+		leaves:    wire.LeavesOf(cfg.Spec),
 		detailed:  cfg.Detailed,
 		epoch:     time.Now(),
 		done:      make(chan struct{}),
@@ -378,8 +380,19 @@ func (p *Pool) Stats() Stats {
 }
 
 // ActiveConnections returns the number of connections served now: the
-// sum of the workers' counts, the one count of connections.
+// workers' counts, and the connections that have their handshake but
+// have sent nothing yet, which the acceptor holds until their first
+// bytes say which version they speak.
 func (p *Pool) ActiveConnections() int {
+	n := p.servedConns()
+	if a := p.acceptor.Load(); a != nil {
+		n += int(a.sniffing.Load())
+	}
+	return n
+}
+
+// servedConns is the sum of the workers' counts of connections.
+func (p *Pool) servedConns() int {
 	n := int64(0)
 	for _, w := range p.workers {
 		n += w.nconns.Load()

@@ -227,7 +227,7 @@ func TestStats(t *testing.T) {
 	p := newPool(t, r, 1, nil)
 
 	fd, peer := socketPair(t)
-	if err := p.addConn(fd, true, false, "peer"); err != nil {
+	if err := p.addConn(fd, true, false, "peer", nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := peer.Write(samples(1, 0, 5)); err != nil {
@@ -358,7 +358,7 @@ func TestCloseReleasesEverything(t *testing.T) {
 	var peers []net.Conn
 	for range 2 {
 		fd, peer := socketPair(t)
-		if err := p.addConn(fd, true, false, "peer"); err != nil {
+		if err := p.addConn(fd, true, false, "peer", nil); err != nil {
 			t.Fatal(err)
 		}
 		peers = append(peers, peer)
@@ -396,7 +396,7 @@ func TestCloseReleasesEverything(t *testing.T) {
 		t.Fatal("the queue is not on the first worker")
 	}
 	fd, late := socketPair(t)
-	if err := p.addConn(fd, true, false, "late"); err != nil {
+	if err := p.addConn(fd, true, false, "late", nil); err != nil {
 		t.Fatal(err)
 	}
 	peers = append(peers, late)
@@ -449,7 +449,7 @@ func TestClosedPoolRefuses(t *testing.T) {
 		t.Errorf("NewQueue after Close = %v, want ErrClosed", err)
 	}
 	fd, peer := socketPair(t)
-	if err := p.addConn(fd, true, false, "peer"); !errors.Is(err, ErrClosed) {
+	if err := p.addConn(fd, true, false, "peer", nil); !errors.Is(err, ErrClosed) {
 		t.Errorf("addConn after Close = %v, want ErrClosed", err)
 	}
 	if b := expectEOF(t, peer); len(b) != 0 {

@@ -1,4 +1,6 @@
-// Package wire encodes and decodes echo's TCP wire protocol, version 1.
+// Package wire encodes and decodes echo's TCP wire protocol: version 1,
+// echo's own, below, and version 2, this package's typed and resumable
+// extension of it (v2.go), which peers speak only when both do.
 //
 // Bytes cross a connection in this order; integers are little-endian u32
 // unless noted:
@@ -93,6 +95,8 @@ type Limits struct {
 	// MaxPayload bounds the payload size, the bytes of one sample, and with
 	// it the size of any one array.
 	MaxPayload int64
+	// MaxHello bounds the body of a version 2 hello, in bytes.
+	MaxHello int
 }
 
 // DefaultLimits are generous for real sample trees and small enough that a
@@ -109,6 +113,9 @@ var DefaultLimits = Limits{
 	// many. 1 GiB is far beyond any real observation, and caps the buffer
 	// a hostile handshake can make its reader allocate.
 	MaxPayload: 1 << 30,
+	// A hello names every leaf: 64 KiB holds hundreds of leaves with long
+	// paths, and a server raises it for its own tree when that needs more.
+	MaxHello: 64 << 10,
 }
 
 // resolve fills zero fields from DefaultLimits. MaxPayload is also clamped
@@ -122,6 +129,9 @@ func (l Limits) resolve() Limits {
 	}
 	if l.MaxPayload <= 0 {
 		l.MaxPayload = DefaultLimits.MaxPayload
+	}
+	if l.MaxHello <= 0 {
+		l.MaxHello = DefaultLimits.MaxHello
 	}
 	l.MaxPayload = min(l.MaxPayload, math.MaxInt)
 	return l

@@ -46,6 +46,25 @@ func Read(fd int, b []byte) (int, error) {
 	}
 }
 
+// Peek is Read without taking the bytes: they stay queued for the next
+// read (recv with MSG_PEEK).
+func Peek(fd int, b []byte) (int, error) {
+	for {
+		n, _, err := unix.Recvfrom(fd, b, unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return 0, nil
+		case err != nil:
+			return 0, os.NewSyscallError("recv", err)
+		case n == 0 && len(b) > 0:
+			return 0, io.EOF
+		}
+		return n, nil
+	}
+}
+
 // Write is write(2).
 func Write(fd int, b []byte) (int, error) {
 	for {
