@@ -78,7 +78,7 @@ func (p *Producer) Send(tree any) error {
 	leaves, err := p.srv.spec.FlattenInto(tree, p.leaves)
 	if err != nil {
 		clear(p.leaves[:cap(p.leaves)]) // drop what the failed walk collected
-		return p.srv.mismatch(err)
+		return mismatchError(err)
 	}
 	if p.q == nil {
 		err := p.srv.write(leaves)

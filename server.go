@@ -237,7 +237,7 @@ func (s *Server) Submit(tree any) error {
 	leaves, err := s.spec.FlattenInto(tree, *bufp)
 	if err != nil {
 		clear((*bufp)[:cap(*bufp)]) // drop what the failed walk collected
-		return s.mismatch(err)
+		return mismatchError(err)
 	}
 	err = s.write(leaves)
 	clear(leaves) // the pooled buffer must not keep the caller's arrays alive
@@ -266,9 +266,6 @@ func (s *Server) write(leaves []pytree.Array) error {
 	s.ring.Commit(res)
 	return nil
 }
-
-// mismatch turns a pytree mismatch into the server's error.
-func (s *Server) mismatch(err error) error { return mismatchError(err, "server expects") }
 
 // Sample waits for the next full batch and returns it. It first ends the
 // lifetime of the batch returned by the previous call: its views may be
