@@ -1,6 +1,7 @@
 package echo_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -226,6 +227,35 @@ func TestBadExampleMessages(t *testing.T) {
 	_, err := echo.NewTrajectoryAccumulator(map[string]any{"steps": map[string]any{"a": 1}})
 	if want := `echo: bad example: timescale "steps": pytree: leaf is not an Array: a is a Go int`; err == nil || err.Error() != want {
 		t.Errorf("NewTrajectoryAccumulator = %v\nwant %s", err, want)
+	}
+}
+
+// TestClosedMessages checks that calls on a closed server say so once:
+// "echo: server closed", with no second echo: prefix.
+func TestClosedMessages(t *testing.T) {
+	for _, direct := range []int{-1, 0} {
+		s, err := echo.NewServer(mismatchExample(), 2, echo.WithDirectProducerBytes(direct))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := s.NewProducer()
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+		_, newErr := s.NewProducer()
+		_, sampleErr := s.Sample(context.Background())
+		for call, err := range map[string]error{
+			"Submit":        s.Submit(mismatchExample()),
+			"Producer.Send": p.Send(mismatchExample()),
+			"NewProducer":   newErr,
+			"Sample":        sampleErr,
+			"Start":         s.Start(),
+		} {
+			if err == nil || err.Error() != "echo: server closed" || !errors.Is(err, echo.ErrClosed) {
+				t.Errorf("%s after Close (direct %d) = %v, want echo: server closed", call, direct, err)
+			}
+		}
 	}
 }
 

@@ -42,14 +42,14 @@ func (s *Server) NewProducer() (*Producer, error) {
 	leaves := make([]pytree.Array, 0, s.spec.NumLeaves())
 	if s.directProducers() {
 		if s.closed.Load() {
-			return nil, fmt.Errorf("echo: new producer: %w", ErrClosed)
+			return nil, ErrClosed
 		}
 		return &Producer{srv: s, leaves: leaves}, nil
 	}
 	q, err := s.pool.NewQueue(s.cfg.producerQueueSize)
 	if err != nil {
 		if errors.Is(err, tcp.ErrClosed) {
-			return nil, fmt.Errorf("echo: new producer: %w", ErrClosed)
+			return nil, ErrClosed
 		}
 		return nil, fmt.Errorf("echo: new producer: %w", err)
 	}
@@ -83,15 +83,12 @@ func (p *Producer) Send(tree any) error {
 	if p.q == nil {
 		err := p.srv.write(leaves)
 		clear(leaves)
-		if err != nil {
-			return fmt.Errorf("echo: send: %w", err)
-		}
-		return nil
+		return err // nil or ErrClosed
 	}
 	buf, err := p.q.Acquire()
 	if err != nil {
 		clear(leaves)
-		return fmt.Errorf("echo: send: %w", ErrClosed)
+		return ErrClosed
 	}
 	off := 0
 	for _, l := range leaves {

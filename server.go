@@ -161,7 +161,7 @@ func (s *Server) Start() error {
 	s.startMu.Lock()
 	defer s.startMu.Unlock()
 	if s.closed.Load() {
-		return fmt.Errorf("echo: start: %w", ErrClosed)
+		return ErrClosed
 	}
 	if s.started {
 		return ErrStarted
@@ -289,7 +289,7 @@ func (s *Server) Sample(ctx context.Context) (Sample, error) {
 	if err != nil {
 		if errors.Is(err, ringbuf.ErrClosed) {
 			s.freeIfIdle()
-			return Sample{}, fmt.Errorf("echo: sample: %w", ErrClosed)
+			return Sample{}, ErrClosed
 		}
 		return Sample{}, err
 	}
