@@ -29,8 +29,15 @@ var (
 	// ErrVersion: the server speaks a protocol version this client does
 	// not.
 	ErrVersion = wire.ErrVersion
-	// ErrPayloadSize is returned by Send, before anything is written, for
-	// a sample whose size differs from the server's payload.
+	// ErrPayloadSize means that a sample's size in bytes differs from the
+	// server's payload where nothing finer than sizes can be said. No call
+	// of this package returns it: a tree of the wrong size differs from the
+	// example in structure, dtype or shape, so Send and SendBatch name the
+	// leaf with ErrSpecMismatch, and Dial compares the handshake leaf by
+	// leaf (ErrSpecMismatch too).
+	//
+	// Deprecated: test for ErrSpecMismatch, which Send and SendBatch
+	// return for every tree that does not match the example.
 	ErrPayloadSize = errors.New("echo: payload size mismatch")
 	// ErrConnectionClosed is returned by Send and Wait once the connection
 	// is gone: the server closed it, the network failed, or Close was
@@ -243,24 +250,31 @@ func readHandshake(conn net.Conn, cfg clientConfig) (wire.Handshake, error) {
 }
 
 // specMismatch names the first leaf where the server's handshake differs
-// from the client's example.
+// from the client's example, in the words of a tree checked against the
+// example: the example's value first, the server's as the expected one.
+// The version 1 handshake carries neither paths nor dtypes: leaves pair up
+// in flatten order, and a dtype is known on the server's side by its size
+// alone ("dtype int64 (8 bytes), expected a 4-byte dtype").
 func specMismatch(spec *pytree.Spec, want, got wire.Handshake) error {
 	if len(want.Arrays) != len(got.Arrays) {
-		return fmt.Errorf("%w: example has %d leaves, server expects %d",
-			ErrSpecMismatch, len(want.Arrays), len(got.Arrays))
+		return mismatchError(&pytree.MismatchError{What: "leaf count",
+			Got: fmt.Sprint(len(want.Arrays)), Want: fmt.Sprint(len(got.Arrays))})
 	}
 	for i, a := range want.Arrays {
-		b := got.Arrays[i]
-		path := displayPath(spec.Leaves()[i].Path)
+		b, l := got.Arrays[i], spec.Leaves()[i]
 		if a.DTypeSize != b.DTypeSize {
-			return fmt.Errorf("%w: %s: dtype size %d (%v), server expects %d",
-				ErrSpecMismatch, path, a.DTypeSize, spec.Leaves()[i].DType, b.DTypeSize)
+			return mismatchError(&pytree.MismatchError{Path: l.Path, What: "dtype",
+				Got:  fmt.Sprintf("%v (%d bytes)", l.DType, a.DTypeSize),
+				Want: fmt.Sprintf("a %d-byte dtype", b.DTypeSize)})
 		}
 		if !equalShape(a.Shape, b.Shape) {
-			return fmt.Errorf("%w: %s: shape %v, server expects %v", ErrSpecMismatch, path, a.Shape, b.Shape)
+			return mismatchError(&pytree.MismatchError{Path: l.Path, What: "shape",
+				Got: fmt.Sprint(a.Shape), Want: fmt.Sprint(b.Shape)})
 		}
 	}
-	return fmt.Errorf("%w: version %d, server has %d", ErrSpecMismatch, want.Version, got.Version)
+	// Not reached while ReadHandshake accepts version 1 alone: Compare
+	// found a difference, and it lies in the arrays.
+	return fmt.Errorf("%w: server speaks version %d, this client %d", ErrVersion, got.Version, want.Version)
 }
 
 func equalShape(a, b []int) bool {
@@ -374,19 +388,11 @@ func (c *Client) write(leaves []pytree.Array) error {
 	return nil
 }
 
-// rejected builds Send's error for a tree that does not match the example.
-func (c *Client) rejected(tree any, err error) error {
-	if leaves, _, ferr := pytree.Flatten(tree); ferr == nil {
-		size := 0
-		for _, a := range leaves {
-			size += len(a.Bytes())
-		}
-		if size != c.payload {
-			return fmt.Errorf("%w: sample has %d bytes, server expects %d", ErrPayloadSize, size, c.payload)
-		}
-	}
-	return mismatchError(err, "example has")
-}
+// rejected builds Send's and SendBatch's error for a tree that does not
+// match the example: ErrSpecMismatch naming the leaf, as Submit's does. A
+// tree of the wrong size differs in structure, dtype or shape, so its size
+// needs no check of its own.
+func (c *Client) rejected(_ any, err error) error { return mismatchError(err) }
 
 // writev is the RawConn.Write callback: it writes what is left of c.iov
 // and returns false to wait for writability after a short write.

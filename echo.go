@@ -60,16 +60,25 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/seed-a9ef92a1/echo/pytree"
 	"github.com/seed-a9ef92a1/echo/ringbuf"
 )
 
 var (
 	// ErrClosed is returned (wrapped) by every call on a closed server.
 	ErrClosed = errors.New("echo: server closed")
-	// ErrSpecMismatch is returned (wrapped, with the leaf path and both
-	// values) for a sample whose structure, dtype or shape differs from the
-	// example.
+	// ErrSpecMismatch is returned (wrapped) for a tree whose structure,
+	// dtype or shape differs from the example: by Submit, Producer.Send,
+	// Client.Send and SendBatch (which also name the tree's index), and
+	// TrajectoryAccumulator.Add, before anything is written; and by Dial
+	// when the server's handshake describes other samples than the
+	// client's example. The error names the first differing leaf and both
+	// values, the caller's first, in the same words on every path:
+	//
+	//	echo: spec mismatch: obs/radars: shape [8 6], expected [8 5]
+	//
+	// and wraps the *pytree.MismatchError that says so, for callers that
+	// want the path with errors.As. Dial can compare only what the version
+	// 1 handshake carries: leaf counts, dtype sizes and shapes.
 	ErrSpecMismatch = errors.New("echo: spec mismatch")
 	// ErrBadExample is returned by NewServer for an example that cannot
 	// describe samples: no leaves, or a leaf that is not a pytree.Array.
@@ -84,21 +93,10 @@ var (
 	ErrStarted = errors.New("echo: server already started")
 )
 
-// mismatchError turns a pytree mismatch into ErrSpecMismatch naming the
-// leaf and both values: "obs/radars: shape [8 6], server expects [8 5]",
-// with side naming where the expected value comes from.
-func mismatchError(err error, side string) error {
-	var m *pytree.MismatchError
-	if errors.As(err, &m) {
-		return fmt.Errorf("%w: %s: %s %s, %s %s", ErrSpecMismatch, displayPath(m.Path), m.What, m.Got, side, m.Want)
-	}
+// mismatchError turns the *pytree.MismatchError of a tree checked against
+// the example into ErrSpecMismatch, keeping the pytree error's text, which
+// names the leaf and both values: "echo: spec mismatch: obs/radars: shape
+// [8 6], expected [8 5]".
+func mismatchError(err error) error {
 	return fmt.Errorf("%w: %w", ErrSpecMismatch, err)
-}
-
-// displayPath names a leaf path in messages; the root has the empty path.
-func displayPath(p string) string {
-	if p == "" {
-		return "<root>"
-	}
-	return p
 }

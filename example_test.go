@@ -167,7 +167,7 @@ func ExampleServer_Batches() {
 	// Output:
 	// steps [0 1] still stored 3
 	// steps [2 3] still stored 1
-	// end: echo: sample: echo: server closed
+	// end: echo: server closed
 }
 
 // An actor goroutine in the learner's process with its own Producer.

@@ -42,14 +42,14 @@ func (s *Server) NewProducer() (*Producer, error) {
 	leaves := make([]pytree.Array, 0, s.spec.NumLeaves())
 	if s.directProducers() {
 		if s.closed.Load() {
-			return nil, fmt.Errorf("echo: new producer: %w", ErrClosed)
+			return nil, ErrClosed
 		}
 		return &Producer{srv: s, leaves: leaves}, nil
 	}
 	q, err := s.pool.NewQueue(s.cfg.producerQueueSize)
 	if err != nil {
 		if errors.Is(err, tcp.ErrClosed) {
-			return nil, fmt.Errorf("echo: new producer: %w", ErrClosed)
+			return nil, ErrClosed
 		}
 		return nil, fmt.Errorf("echo: new producer: %w", err)
 	}
@@ -78,20 +78,17 @@ func (p *Producer) Send(tree any) error {
 	leaves, err := p.srv.spec.FlattenInto(tree, p.leaves)
 	if err != nil {
 		clear(p.leaves[:cap(p.leaves)]) // drop what the failed walk collected
-		return p.srv.mismatch(err)
+		return mismatchError(err)
 	}
 	if p.q == nil {
 		err := p.srv.write(leaves)
 		clear(leaves)
-		if err != nil {
-			return fmt.Errorf("echo: send: %w", err)
-		}
-		return nil
+		return err // nil or ErrClosed
 	}
 	buf, err := p.q.Acquire()
 	if err != nil {
 		clear(leaves)
-		return fmt.Errorf("echo: send: %w", ErrClosed)
+		return ErrClosed
 	}
 	off := 0
 	for _, l := range leaves {

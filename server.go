@@ -161,7 +161,7 @@ func (s *Server) Start() error {
 	s.startMu.Lock()
 	defer s.startMu.Unlock()
 	if s.closed.Load() {
-		return fmt.Errorf("echo: start: %w", ErrClosed)
+		return ErrClosed
 	}
 	if s.started {
 		return ErrStarted
@@ -237,7 +237,7 @@ func (s *Server) Submit(tree any) error {
 	leaves, err := s.spec.FlattenInto(tree, *bufp)
 	if err != nil {
 		clear((*bufp)[:cap(*bufp)]) // drop what the failed walk collected
-		return s.mismatch(err)
+		return mismatchError(err)
 	}
 	err = s.write(leaves)
 	clear(leaves) // the pooled buffer must not keep the caller's arrays alive
@@ -267,9 +267,6 @@ func (s *Server) write(leaves []pytree.Array) error {
 	return nil
 }
 
-// mismatch turns a pytree mismatch into the server's error.
-func (s *Server) mismatch(err error) error { return mismatchError(err, "server expects") }
-
 // Sample waits for the next full batch and returns it. It first ends the
 // lifetime of the batch returned by the previous call: its views may be
 // overwritten from now on. It returns an error wrapping ErrClosed once the
@@ -292,7 +289,7 @@ func (s *Server) Sample(ctx context.Context) (Sample, error) {
 	if err != nil {
 		if errors.Is(err, ringbuf.ErrClosed) {
 			s.freeIfIdle()
-			return Sample{}, fmt.Errorf("echo: sample: %w", ErrClosed)
+			return Sample{}, ErrClosed
 		}
 		return Sample{}, err
 	}

@@ -7,7 +7,6 @@ import (
 	"expvar"
 	"fmt"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -247,13 +246,13 @@ func TestSpecMismatchWritesNothing(t *testing.T) {
 		edit func(map[string]any)
 		msg  string
 	}{
-		{"shape", func(m map[string]any) { m["payload"] = pytree.MustOf(make([]uint8, 12)) }, "payload: shape [12], server expects [13]"},
-		{"dtype", func(m map[string]any) { m["z_id"] = pytree.MustOf([]float64{1, 2}) }, "z_id: dtype float64, server expects int64"},
-		{"nested shape", func(m map[string]any) { m["nested"].(map[string]any)["b"] = pytree.MustOf(make([]float32, 8), 2, 4) }, "nested/b: shape [2 4], server expects [3]"},
-		{"missing key", func(m map[string]any) { delete(m, "pair") }, "pair"},
-		{"extra key", func(m map[string]any) { m["zz"] = pytree.Scalar(int8(1)) }, "zz"},
-		{"not an array", func(m map[string]any) { m["payload"] = make([]uint8, 13) }, "payload"},
-		{"tuple as list", func(m map[string]any) { m["pair"] = []any{pytree.Scalar(uint16(1)), nil} }, "pair"},
+		{"shape", func(m map[string]any) { m["payload"] = pytree.MustOf(make([]uint8, 12)) }, "payload: shape [12], expected [13]"},
+		{"dtype", func(m map[string]any) { m["z_id"] = pytree.MustOf([]float64{1, 2}) }, "z_id: dtype float64, expected int64"},
+		{"nested shape", func(m map[string]any) { m["nested"].(map[string]any)["b"] = pytree.MustOf(make([]float32, 8), 2, 4) }, "nested/b: shape [2 4], expected [3]"},
+		{"missing key", func(m map[string]any) { delete(m, "pair") }, "pair: missing key, expected tuple of 2"},
+		{"extra key", func(m map[string]any) { m["zz"] = pytree.Scalar(int8(1)) }, "zz: unexpected key"},
+		{"not an array", func(m map[string]any) { m["payload"] = make([]uint8, 13) }, "payload: Go []uint8 (not an Array), expected uint8[13]"},
+		{"tuple as list", func(m map[string]any) { m["pair"] = []any{pytree.Scalar(uint16(1)), nil} }, "pair: list of 2, expected tuple of 2"},
 	}
 	for _, tc := range bad {
 		t.Run(tc.name, func(t *testing.T) {
@@ -263,8 +262,8 @@ func TestSpecMismatchWritesNothing(t *testing.T) {
 			if !errors.Is(err, echo.ErrSpecMismatch) {
 				t.Fatalf("Submit = %v, want ErrSpecMismatch", err)
 			}
-			if !strings.Contains(err.Error(), tc.msg) {
-				t.Errorf("error %q does not say %q", err, tc.msg)
+			if want := "echo: spec mismatch: " + tc.msg; err.Error() != want {
+				t.Errorf("error %q, want %q", err, want)
 			}
 		})
 	}
@@ -298,7 +297,7 @@ func TestMismatchMessageNamesPathAndValues(t *testing.T) {
 	}
 	defer s.Close()
 	err = s.Submit(map[string]any{"obs": map[string]any{"radars": pytree.MustOf(make([]float32, 48), 8, 6)}})
-	want := "echo: spec mismatch: obs/radars: shape [8 6], server expects [8 5]"
+	want := "echo: spec mismatch: obs/radars: shape [8 6], expected [8 5]"
 	if err == nil || err.Error() != want {
 		t.Fatalf("Submit error %q, want %q", err, want)
 	}

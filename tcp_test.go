@@ -283,10 +283,10 @@ func TestDialSpecMismatch(t *testing.T) {
 		example any
 		detail  string
 	}{
-		"shape":      {wider, "payload: shape [14], server expects [13]"},
-		"more":       {deeper, "example has 6 leaves, server expects 5"},
-		"fewer":      {fewer, "example has 4 leaves, server expects 5"},
-		"dtype size": {wideType, "nested/a: dtype size 8 (int64), server expects 4"},
+		"shape":      {wider, "spec mismatch: payload: shape [14], expected [13]"},
+		"more":       {deeper, "spec mismatch: <root>: leaf count 6, expected 5"},
+		"fewer":      {fewer, "spec mismatch: <root>: leaf count 4, expected 5"},
+		"dtype size": {wideType, "spec mismatch: nested/a: dtype int64 (8 bytes), expected a 4-byte dtype"},
 	} {
 		_, err := echo.Dial(context.Background(), addr, tc.example)
 		if !errors.Is(err, echo.ErrSpecMismatch) {
@@ -364,8 +364,8 @@ func TestSendWrongPayloadSendsNothing(t *testing.T) {
 	defer c.Close()
 	short := numbered(1, 0)
 	short["payload"] = pytree.MustOf(make([]uint8, 12))
-	if err := c.Send(short); !errors.Is(err, echo.ErrPayloadSize) {
-		t.Fatalf("Send of a short sample: %v, want ErrPayloadSize", err)
+	if err := c.Send(short); !errors.Is(err, echo.ErrSpecMismatch) || errors.Is(err, echo.ErrPayloadSize) {
+		t.Fatalf("Send of a short sample: %v, want ErrSpecMismatch", err)
 	}
 	// Same size, another dtype: the wire cannot tell, the client can.
 	retyped := numbered(1, 0)
@@ -701,8 +701,8 @@ func TestSendBatch(t *testing.T) {
 	// A bad tree anywhere refuses the whole call.
 	bad := numbered(3, seq)
 	bad["payload"] = pytree.MustOf(make([]uint8, 2))
-	if err := c.SendBatch([]any{numbered(3, seq), bad}); !errors.Is(err, echo.ErrPayloadSize) || !strings.Contains(err.Error(), "tree 1") {
-		t.Fatalf("SendBatch with a short tree: %v, want ErrPayloadSize naming tree 1", err)
+	if err := c.SendBatch([]any{numbered(3, seq), bad}); !errors.Is(err, echo.ErrSpecMismatch) || !strings.Contains(err.Error(), "tree 1") {
+		t.Fatalf("SendBatch with a short tree: %v, want ErrSpecMismatch naming tree 1", err)
 	}
 	if err := c.SendBatch([]any{numbered(3, seq), numbered(3, seq+1), numbered(3, seq+2)}); err != nil {
 		t.Fatal(err)

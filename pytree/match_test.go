@@ -78,13 +78,17 @@ func TestFlattenIntoMismatch(t *testing.T) {
 		{"renamed key, earlier", func(m tree) { o := m["obs"].(tree); o["a"] = o["speed"]; delete(o, "speed") }, "obs/a: unexpected key"},
 		{"key set before inner leaf", func(m tree) { o := m["obs"].(tree); o["radars"] = f32(1); o["zz"] = o["speed"]; delete(o, "speed") }, "obs/speed: missing key, expected float32[]"},
 		{"list length", func(m tree) { m["items"] = append(m["items"].([]any), nil) }, "items: length 4, expected 3"},
-		{"list vs tuple", func(m tree) { m["items"] = Tuple(m["items"].([]any)) }, "items: structure tuple of 3, expected list of 3"},
-		{"tuple vs list", func(m tree) { m["pair"] = []any(m["pair"].(Tuple)) }, "pair: structure list of 2, expected tuple of 2"},
-		{"nil vs leaf", func(m tree) { m["items"].([]any)[0] = nil }, "items/0: structure nil, expected int32[2]"},
-		{"leaf vs nil", func(m tree) { m["items"].([]any)[1] = f32() }, "items/1: structure float32[], expected nil"},
-		{"dict vs leaf", func(m tree) { m["obs"] = f32() }, "obs: structure float32[], expected dict with keys [radars speed]"},
-		{"leaf vs dict", func(m tree) { m["obs"].(tree)["speed"] = tree{"b": nil, "a": nil} }, "obs/speed: structure dict with keys [a b], expected float32[]"},
-		{"unsupported leaf", func(m tree) { m["obs"].(tree)["speed"] = []float32{1} }, "obs/speed: structure []float32, expected float32[]"},
+		{"list vs tuple", func(m tree) { m["items"] = Tuple(m["items"].([]any)) }, "items: tuple of 3, expected list of 3"},
+		{"tuple vs list", func(m tree) { m["pair"] = []any(m["pair"].(Tuple)) }, "pair: list of 2, expected tuple of 2"},
+		{"nil vs leaf", func(m tree) { m["items"].([]any)[0] = nil }, "items/0: nil, expected int32[2]"},
+		{"leaf vs nil", func(m tree) { m["items"].([]any)[1] = f32() }, "items/1: float32[], expected nil"},
+		{"dict vs leaf", func(m tree) { m["obs"] = f32() }, "obs: float32[], expected dict with keys [radars speed]"},
+		{"leaf vs dict", func(m tree) { m["obs"].(tree)["speed"] = tree{"b": nil, "a": nil} }, "obs/speed: dict with keys [a b], expected float32[]"},
+		{"unsupported leaf", func(m tree) { m["obs"].(tree)["speed"] = []float32{1} }, "obs/speed: Go []float32 (not an Array), expected float32[]"},
+		{"Go int leaf", func(m tree) { m["obs"].(tree)["speed"] = 3 }, "obs/speed: Go int (not an Array), expected float32[]"},
+		{"list vs dict", func(m tree) { m["obs"] = []any{f32(), f32()} }, "obs: list of 2, expected dict with keys [radars speed]"},
+		{"dict vs list", func(m tree) { m["items"] = tree{"0": nil} }, "items: dict with keys [0], expected list of 3"},
+		{"tuple length", func(m tree) { m["pair"] = Tuple{nil} }, "pair: length 1, expected 2"},
 		{"first in flatten order", func(m tree) { m["pair"] = nil; m["items"].([]any)[2] = f32() }, "items/2: dtype float32, expected uint8"},
 	}
 	orig, _ := sampleTree()
@@ -101,8 +105,8 @@ func TestFlattenIntoMismatch(t *testing.T) {
 			t.Errorf("%s: FlattenInto err = %v\nwant %s", c.name, err, c.msg)
 			continue
 		}
-		if !errors.Is(err, ErrMismatch) {
-			t.Errorf("%s: %v does not match ErrMismatch", c.name, err)
+		if !errors.Is(err, ErrMismatch) || errors.Is(err, ErrNotArray) || errors.Is(err, ErrDType) {
+			t.Errorf("%s: %v matches the wrong sentinels", c.name, err)
 		}
 		var me *MismatchError
 		if !errors.As(err, &me) || me.Path == "" || me.What == "" {
@@ -117,9 +121,9 @@ func TestFlattenIntoMismatch(t *testing.T) {
 		tree any
 		msg  string
 	}{
-		{nil, "<root>: structure nil, expected dict with keys [items none obs pair]"},
-		{[]any{}, "<root>: structure list of 0, expected dict with keys [items none obs pair]"},
-		{f32(), "<root>: structure float32[], expected dict with keys [items none obs pair]"},
+		{nil, "<root>: nil, expected dict with keys [items none obs pair]"},
+		{[]any{}, "<root>: list of 0, expected dict with keys [items none obs pair]"},
+		{f32(), "<root>: float32[], expected dict with keys [items none obs pair]"},
 	} {
 		if err := spec.Check(c.tree); err == nil || err.Error() != c.msg {
 			t.Errorf("Check(%v) = %v, want %s", c.tree, err, c.msg)
@@ -140,6 +144,10 @@ func TestMismatchErrorFormat(t *testing.T) {
 		{MismatchError{What: "leaf count", Got: "3", Want: "4"}, "<root>: leaf count 3, expected 4"},
 		{MismatchError{Path: "x", What: "unexpected key"}, "x: unexpected key"},
 		{MismatchError{Path: "x", What: "missing key", Want: "nil"}, "x: missing key, expected nil"},
+		{MismatchError{Path: "x", What: "dtype", Got: "float64", Want: "float32"}, "x: dtype float64, expected float32"},
+		{MismatchError{Path: "x", What: "length", Got: "4", Want: "3"}, "x: length 4, expected 3"},
+		{MismatchError{Path: "x", What: "structure", Got: "nil", Want: "float32[]"}, "x: nil, expected float32[]"},
+		{MismatchError{What: "spec", Got: "nil spec", Want: "float32[2]"}, "<root>: nil spec, expected float32[2]"},
 	}
 	for _, c := range cases {
 		if got := c.e.Error(); got != c.want {

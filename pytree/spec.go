@@ -272,21 +272,44 @@ func (s *Spec) match(n *node, v any, dst []Array, collect bool) ([]Array, *Misma
 
 // MismatchError describes the first difference between a tree (or spec) and
 // the spec it was checked against. It matches ErrMismatch with errors.Is.
+//
+// Values are described the same way in every message: a dtype by its name
+// ("float32"), a shape in brackets ("[8 5]", "[]" for a scalar), a leaf by
+// both ("float32[8 5]", "float32[]"), other nodes as "nil", "list of 3",
+// "tuple of 2", "dict with keys [a b]", and a Go value that is none of
+// these by its type ("Go int (not an Array)").
 type MismatchError struct {
 	Path string // leaf or node path, "" for the root
-	What string // "shape", "dtype", "structure", "missing key", "unexpected key", "length", "spec"
-	Got  string // what the tree has, such as "[8 6]", "float64", "list of 3"; may be empty
-	Want string // what the spec expects, such as "[8 5]"; may be empty
+	// What is the kind of difference: "dtype", "shape", "missing key",
+	// "unexpected key", "length" (of a list or tuple), "leaf count",
+	// "structure" (a node of another kind) or "spec" (a nil spec).
+	What string
+	Got  string // what the tree has, such as "[8 6]", "float64", "list of 3"; empty for a missing key
+	Want string // what the spec expects, such as "[8 5]"; empty for an unexpected key
 }
 
-// Error returns "path: what got, expected want", such as
-// "obs/radars: shape [8 6], expected [8 5]", leaving out the empty parts;
-// the root's path reads "<root>".
+// Error describes the difference on one line, the path first (the root's
+// reads "<root>") and what was expected last:
+//
+//	obs/radars: dtype float64, expected float32
+//	obs/radars: shape [8 6], expected [8 5]
+//	obs/radars: missing key, expected float32[8 5]
+//	obs/extra: unexpected key
+//	items: length 4, expected 3
+//	obs: list of 2, expected dict with keys [radars speed]
+//	obs/speed: nil, expected float32[]
+//	obs/speed: Go int (not an Array), expected float32[]
+//
+// A structure or spec difference is told by the two descriptions alone.
 func (e *MismatchError) Error() string {
-	msg := displayPath(e.Path) + ": " + e.What
-	if e.Got != "" {
-		msg += " " + e.Got
+	var parts []string
+	if e.What != "structure" && e.What != "spec" {
+		parts = append(parts, e.What)
 	}
+	if e.Got != "" {
+		parts = append(parts, e.Got)
+	}
+	msg := displayPath(e.Path) + ": " + strings.Join(parts, " ")
 	if e.Want != "" {
 		msg += ", expected " + e.Want
 	}
@@ -375,6 +398,10 @@ func describeValue(v any) string {
 	case Tuple:
 		return fmt.Sprintf("tuple of %d", len(v))
 	default:
-		return fmt.Sprintf("%T", v)
+		return describeGo(v) + " (not an Array)"
 	}
 }
+
+// describeGo names the Go type of a value that is not a tree node:
+// "Go int", "Go []float32".
+func describeGo(v any) string { return fmt.Sprintf("Go %T", v) }

@@ -107,7 +107,7 @@ func (b *specBuilder) build(v any, path string) (node, error) {
 	case Tuple:
 		n.kind, seq = tupleNode, v
 	default:
-		return node{}, fmt.Errorf("%w: %s holds a %T", ErrNotArray, displayPath(path), v)
+		return node{}, fmt.Errorf("%w: %s is a %s", ErrNotArray, displayPath(path), describeGo(v))
 	}
 	n.children = make([]node, len(seq))
 	for i, c := range seq {
