@@ -133,11 +133,11 @@ func TestSessionRefusals(t *testing.T) {
 		want   string
 	}{
 		{"dtype", leaves(map[string]any{"a": pytree.MustOf(make([]int32, 4)), "b": pytree.Scalar(uint8(0))}),
-			"a: dtype int32, server expects float32"},
+			"a: dtype int32, expected float32"},
 		{"renamed", leaves(map[string]any{"a": pytree.MustOf(make([]float32, 4)), "c": pytree.Scalar(uint8(0))}),
-			"leaf 1 is c, server expects b"},
+			"leaf 1 is c, expected b"},
 		{"swapped", leaves(map[string]any{"a": pytree.Scalar(uint8(0)), "b": pytree.MustOf(make([]float32, 4))}),
-			"a: dtype uint8, server expects float32"},
+			"a: dtype uint8, expected float32"},
 	}
 	for _, tc := range cases {
 		c, rep := hello2(t, addr, tc.leaves, wire.SessionID{})

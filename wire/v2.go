@@ -311,11 +311,11 @@ func printable(b []byte) string {
 
 // CompareLeaves returns nil when the client's leaves (mine) are the
 // server's, or an error wrapping ErrSpecMismatch that names the first leaf
-// that differs and both values, the server's second:
-// "obs: dtype float32, server expects int32",
-// "obs: shape [4], server expects [8]",
-// "leaf 1 is done, server expects dones",
-// "3 leaves, server expects 4".
+// that differs and both values, the expected (server's) second:
+// "obs: dtype float32, expected int32",
+// "obs: shape [4], expected [8]",
+// "leaf 1 is done, expected dones",
+// "leaf count 3, expected 4".
 func CompareLeaves(mine, server []Leaf) error {
 	if msg := LeafMismatch(mine, server); msg != "" {
 		return fmt.Errorf("%w: %s", ErrSpecMismatch, msg)
@@ -330,15 +330,15 @@ func LeafMismatch(mine, server []Leaf) string {
 		a, b := mine[i], server[i]
 		switch {
 		case a.Path != b.Path:
-			return fmt.Sprintf("leaf %d is %s, server expects %s", i, pathName(a.Path), pathName(b.Path))
+			return fmt.Sprintf("leaf %d is %s, expected %s", i, pathName(a.Path), pathName(b.Path))
 		case a.DType != b.DType:
-			return fmt.Sprintf("%s: dtype %s, server expects %s", pathName(a.Path), a.DType, b.DType)
+			return fmt.Sprintf("%s: dtype %s, expected %s", pathName(a.Path), a.DType, b.DType)
 		case !equalInts(a.Shape, b.Shape):
-			return fmt.Sprintf("%s: shape %s, server expects %s", pathName(a.Path), shapeString(a.Shape), shapeString(b.Shape))
+			return fmt.Sprintf("%s: shape %s, expected %s", pathName(a.Path), shapeString(a.Shape), shapeString(b.Shape))
 		}
 	}
 	if len(mine) != len(server) {
-		return fmt.Sprintf("%d leaves, server expects %d", len(mine), len(server))
+		return fmt.Sprintf("leaf count %d, expected %d", len(mine), len(server))
 	}
 	return ""
 }

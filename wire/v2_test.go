@@ -96,7 +96,7 @@ func TestReplyRoundTrip(t *testing.T) {
 	for _, r := range []Reply{
 		{Status: StatusNew, Session: SessionID{9}, Committed: 0},
 		{Status: StatusResumed, Session: SessionID{7, 7}, Committed: 1 << 40},
-		{Status: StatusRefused, Message: "obs: dtype float32, server expects int32"},
+		{Status: StatusRefused, Message: "obs: dtype float32, expected int32"},
 		{Status: StatusUnknownSession, Message: "gone"},
 	} {
 		b := AppendReply(nil, r)
@@ -141,15 +141,15 @@ func TestCompareLeavesTexts(t *testing.T) {
 	}{
 		{map[string]any{"a": z(pytree.Int32, 4), "b": z(pytree.Float32, 4)}, ""},
 		{map[string]any{"a": z(pytree.Float32, 4), "b": z(pytree.Float32, 4)},
-			"wire: spec mismatch: a: dtype float32, server expects int32"},
+			"wire: spec mismatch: a: dtype float32, expected int32"},
 		{map[string]any{"a": z(pytree.Float32, 4), "b": z(pytree.Int32, 4)},
-			"wire: spec mismatch: a: dtype float32, server expects int32"},
+			"wire: spec mismatch: a: dtype float32, expected int32"},
 		{map[string]any{"a": z(pytree.Int32, 4), "c": z(pytree.Float32, 4)},
-			"wire: spec mismatch: leaf 1 is c, server expects b"},
+			"wire: spec mismatch: leaf 1 is c, expected b"},
 		{map[string]any{"a": z(pytree.Int32, 2, 2), "b": z(pytree.Float32, 4)},
-			"wire: spec mismatch: a: shape [2 2], server expects [4]"},
+			"wire: spec mismatch: a: shape [2 2], expected [4]"},
 		{map[string]any{"a": z(pytree.Int32, 4)},
-			"wire: spec mismatch: 1 leaves, server expects 2"},
+			"wire: spec mismatch: leaf count 1, expected 2"},
 	}
 	for _, c := range cases {
 		err := CompareLeaves(spec(c.mine), server)
