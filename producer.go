@@ -1,6 +1,7 @@
 package echo
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -88,7 +89,7 @@ func (p *Producer) Send(tree any) error {
 		}
 		return nil
 	}
-	buf, err := p.q.Acquire()
+	buf, err := p.q.Acquire(context.Background())
 	if err != nil {
 		clear(leaves)
 		return fmt.Errorf("echo: send: %w", ErrClosed)

@@ -256,7 +256,7 @@ func (s *Server) write(leaves []pytree.Array) error {
 	if s.closed.Load() {
 		return ErrClosed
 	}
-	res, err := s.ring.Claim(1)
+	res, err := s.ring.Claim(context.Background(), 1)
 	if err != nil {
 		return ErrClosed
 	}

@@ -254,7 +254,7 @@ func reserve(r *ringbuf.Ring) (ringbuf.Reservation, bool) {
 		if ok {
 			return res, true
 		}
-		if r.WaitSpace() != nil {
+		if r.WaitSpace(context.Background()) != nil { // until Close
 			return res, false
 		}
 	}
