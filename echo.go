@@ -41,11 +41,21 @@
 // # Cost
 //
 // Submit, Producer.Send, Client.Send and Sample allocate nothing once
-// warm. A sample is copied into the ring once: from the caller's arrays
-// (Submit, producers of large samples) or from the socket (clients);
-// producers of small samples copy it into buffers of their own first, so
-// that Send returns at once. NewServer maps and faults in the whole ring,
-// NumBuffers·batchSize samples, before it returns.
+// warm, with context.Background() as with a cancellable context. A sample
+// is copied into the ring once: from the caller's arrays (Submit, producers
+// of large samples) or from the socket (clients); producers of small
+// samples copy it into buffers of their own first, so that Send returns at
+// once. NewServer maps and faults in the whole ring, NumBuffers·batchSize
+// samples, before it returns.
+//
+// # Cancellation
+//
+// Every call that can block takes a context: [Dial], [Client.Send],
+// [Client.SendBatch], [Client.Wait], [Server.Submit], [Producer.Send] and
+// [Server.Sample]. A send whose context ends before any byte of its sample
+// is handed over returns an error wrapping the context's error, sends
+// nothing and leaves its connection or producer usable; see each method for
+// the rest.
 //
 // # Security
 //

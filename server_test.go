@@ -93,7 +93,7 @@ func TestConcurrentSubmitExactlyOnce(t *testing.T) {
 	for p := range producers {
 		wg.Go(func() {
 			for seq := range perProducer {
-				if err := s.Submit(numbered(p, seq)); err != nil {
+				if err := s.Submit(t.Context(), numbered(p, seq)); err != nil {
 					t.Errorf("producer %d seq %d: %v", p, seq, err)
 					return
 				}
@@ -132,7 +132,7 @@ func TestConcurrentSubmitExactlyOnce(t *testing.T) {
 func TestBatchShapesViewRing(t *testing.T) {
 	s := newServer(t, 4)
 	for seq := range 4 {
-		if err := s.Submit(numbered(1, seq)); err != nil {
+		if err := s.Submit(t.Context(), numbered(1, seq)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -165,7 +165,7 @@ func TestCopyOutlivesNextSample(t *testing.T) {
 	// One-sample batches in two slabs: every batch overwrites the slab of
 	// the batch before the last.
 	s := newServer(t, 1, echo.WithNumBuffers(2))
-	if err := s.Submit(numbered(2, 0)); err != nil {
+	if err := s.Submit(t.Context(), numbered(2, 0)); err != nil {
 		t.Fatal(err)
 	}
 	var kept []echo.Sample
@@ -177,7 +177,7 @@ func TestCopyOutlivesNextSample(t *testing.T) {
 		if len(kept) == 6 {
 			break
 		}
-		if err := s.Submit(numbered(2, len(kept))); err != nil {
+		if err := s.Submit(t.Context(), numbered(2, len(kept))); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -194,7 +194,7 @@ func TestCopyOutlivesNextSample(t *testing.T) {
 func TestRefillRestoresEditedBatch(t *testing.T) {
 	s := newServer(t, 1, echo.WithNumBuffers(2))
 	for round := range 4 {
-		if err := s.Submit(numbered(3, round)); err != nil {
+		if err := s.Submit(t.Context(), numbered(3, round)); err != nil {
 			t.Fatal(err)
 		}
 		smp, err := s.Sample(context.Background())
@@ -218,7 +218,7 @@ func TestSingleArrayExample(t *testing.T) {
 	s := newServerFor(t, pytree.MustOf(make([]int32, 3)), 2, echo.WithNumBuffers(2))
 	for round := range 4 { // every slab twice
 		for i := range 2 {
-			if err := s.Submit(pytree.MustOf([]int32{int32(round), int32(i), 7})); err != nil {
+			if err := s.Submit(t.Context(), pytree.MustOf([]int32{int32(round), int32(i), 7})); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -259,7 +259,7 @@ func TestSpecMismatchWritesNothing(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			m := numbered(7, 7)
 			tc.edit(m)
-			err := s.Submit(m)
+			err := s.Submit(t.Context(), m)
 			if !errors.Is(err, echo.ErrSpecMismatch) {
 				t.Fatalf("Submit = %v, want ErrSpecMismatch", err)
 			}
@@ -268,13 +268,13 @@ func TestSpecMismatchWritesNothing(t *testing.T) {
 			}
 		})
 	}
-	if err := s.Submit(nil); !errors.Is(err, echo.ErrSpecMismatch) {
+	if err := s.Submit(t.Context(), nil); !errors.Is(err, echo.ErrSpecMismatch) {
 		t.Errorf("Submit(nil) = %v, want ErrSpecMismatch", err)
 	}
 	// Nothing of the bad samples reached the ring: the first batch holds
 	// exactly the next two good ones.
 	for seq := range 2 {
-		if err := s.Submit(numbered(4, seq)); err != nil {
+		if err := s.Submit(t.Context(), numbered(4, seq)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -297,7 +297,7 @@ func TestMismatchMessageNamesPathAndValues(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	err = s.Submit(map[string]any{"obs": map[string]any{"radars": pytree.MustOf(make([]float32, 48), 8, 6)}})
+	err = s.Submit(t.Context(), map[string]any{"obs": map[string]any{"radars": pytree.MustOf(make([]float32, 48), 8, 6)}})
 	want := "echo: spec mismatch: obs/radars: shape [8 6], server expects [8 5]"
 	if err == nil || err.Error() != want {
 		t.Fatalf("Submit error %q, want %q", err, want)
@@ -348,7 +348,7 @@ func TestCloseWakesBlockedSample(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectClosed(t, errc, "blocked Sample")
-	if err := s.Submit(numbered(0, 0)); !errors.Is(err, echo.ErrClosed) {
+	if err := s.Submit(t.Context(), numbered(0, 0)); !errors.Is(err, echo.ErrClosed) {
 		t.Errorf("Submit after Close = %v, want ErrClosed", err)
 	}
 	if err := s.Start(); !errors.Is(err, echo.ErrClosed) {
@@ -359,12 +359,12 @@ func TestCloseWakesBlockedSample(t *testing.T) {
 func TestCloseWakesSubmitOnFullRing(t *testing.T) {
 	s := newServer(t, 2, echo.WithNumBuffers(2))
 	for seq := range 4 {
-		if err := s.Submit(numbered(0, seq)); err != nil {
+		if err := s.Submit(t.Context(), numbered(0, seq)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	errc := make(chan error)
-	go func() { errc <- s.Submit(numbered(0, 4)) }()
+	go func() { errc <- s.Submit(t.Context(), numbered(0, 4)) }()
 	time.Sleep(20 * time.Millisecond)
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
@@ -375,12 +375,12 @@ func TestCloseWakesSubmitOnFullRing(t *testing.T) {
 func TestFullRingBlocksThenResumes(t *testing.T) {
 	s := newServer(t, 2, echo.WithNumBuffers(2))
 	for seq := range 4 {
-		if err := s.Submit(numbered(0, seq)); err != nil {
+		if err := s.Submit(t.Context(), numbered(0, seq)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	done := make(chan error)
-	go func() { done <- s.Submit(numbered(0, 4)) }()
+	go func() { done <- s.Submit(t.Context(), numbered(0, 4)) }()
 	select {
 	case err := <-done:
 		t.Fatalf("Submit into a full ring returned %v without waiting", err)
@@ -407,7 +407,7 @@ func TestCloseWhileHoldingBatchDefersUnmap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Submit(numbered(5, 5)); err != nil {
+	if err := s.Submit(t.Context(), numbered(5, 5)); err != nil {
 		t.Fatal(err)
 	}
 	smp, err := s.Sample(context.Background())
@@ -448,7 +448,7 @@ func TestStartTwice(t *testing.T) {
 func TestBatchesEndsOnClose(t *testing.T) {
 	s := newServer(t, 1)
 	for seq := range 3 {
-		if err := s.Submit(numbered(6, seq)); err != nil {
+		if err := s.Submit(t.Context(), numbered(6, seq)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -479,7 +479,7 @@ func TestBatchesEndsOnClose(t *testing.T) {
 
 func TestBatchesEndsWithContext(t *testing.T) {
 	s := newServer(t, 1)
-	if err := s.Submit(numbered(7, 0)); err != nil {
+	if err := s.Submit(t.Context(), numbered(7, 0)); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -508,7 +508,7 @@ func TestBatchesEndsWithContext(t *testing.T) {
 func TestCloseDropsWhatIsNotTaken(t *testing.T) {
 	s := newServer(t, 2)
 	for seq := range 5 {
-		if err := s.Submit(numbered(8, seq)); err != nil {
+		if err := s.Submit(t.Context(), numbered(8, seq)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -568,7 +568,7 @@ func TestPublishExpvar(t *testing.T) {
 		t.Fatal("publishing the same name twice succeeded")
 	}
 	for seq := range 4 {
-		if err := s.Submit(numbered(0, seq)); err != nil {
+		if err := s.Submit(t.Context(), numbered(0, seq)); err != nil {
 			t.Fatal(err)
 		}
 	}

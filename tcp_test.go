@@ -195,7 +195,7 @@ func sendAll(t *testing.T, addr string, first, n, perClient int, opts ...echo.Cl
 			}
 			defer c.Close()
 			for seq := range perClient {
-				if err := c.Send(numbered(first+i, seq)); err != nil {
+				if err := c.Send(t.Context(), numbered(first+i, seq)); err != nil {
 					errc <- fmt.Errorf("client %d seq %d: %w", first+i, seq, err)
 					return
 				}
@@ -364,16 +364,16 @@ func TestSendWrongPayloadSendsNothing(t *testing.T) {
 	defer c.Close()
 	short := numbered(1, 0)
 	short["payload"] = pytree.MustOf(make([]uint8, 12))
-	if err := c.Send(short); !errors.Is(err, echo.ErrPayloadSize) {
+	if err := c.Send(t.Context(), short); !errors.Is(err, echo.ErrPayloadSize) {
 		t.Fatalf("Send of a short sample: %v, want ErrPayloadSize", err)
 	}
 	// Same size, another dtype: the wire cannot tell, the client can.
 	retyped := numbered(1, 0)
 	retyped["nested"].(map[string]any)["a"] = pytree.Scalar(float32(0))
-	if err := c.Send(retyped); !errors.Is(err, echo.ErrSpecMismatch) {
+	if err := c.Send(t.Context(), retyped); !errors.Is(err, echo.ErrSpecMismatch) {
 		t.Fatalf("Send of a float32 for an int32 leaf: %v, want ErrSpecMismatch", err)
 	}
-	if err := c.Send(numbered(1, 1)); err != nil {
+	if err := c.Send(t.Context(), numbered(1, 1)); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Wait(context.Background()); err != nil {
@@ -441,7 +441,7 @@ func TestServerCloseUnderSendingClients(t *testing.T) {
 	for i, c := range clients {
 		go func() {
 			for seq := 0; ; seq++ {
-				if err := c.Send(numbered(i, seq)); err != nil {
+				if err := c.Send(t.Context(), numbered(i, seq)); err != nil {
 					errc <- err
 					return
 				}
@@ -481,7 +481,7 @@ func TestClientCloseIsIdempotent(t *testing.T) {
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Send(numbered(0, 0)); !errors.Is(err, echo.ErrConnectionClosed) {
+	if err := c.Send(t.Context(), numbered(0, 0)); !errors.Is(err, echo.ErrConnectionClosed) {
 		t.Fatalf("Send after Close: %v, want ErrConnectionClosed", err)
 	}
 }
@@ -497,12 +497,12 @@ func TestMaxInflightBoundsSend(t *testing.T) {
 	defer c.Close()
 	// The ring takes 2 samples; the socket holds the rest, unacked.
 	for seq := range 5 {
-		if err := c.Send(numbered(0, seq)); err != nil {
+		if err := c.Send(t.Context(), numbered(0, seq)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	sent := make(chan error, 1)
-	go func() { sent <- c.Send(numbered(0, 5)) }()
+	go func() { sent <- c.Send(t.Context(), numbered(0, 5)) }()
 	// Acks for the 2 ring samples free 2 tokens: sends 3 and 4 went, the
 	// sixth must wait until the consumer frees a slot.
 	deadline := time.Now().Add(10 * time.Second)
@@ -584,7 +584,7 @@ func TestLargeSampleStaged(t *testing.T) {
 				for k := range blob {
 					blob[k] = byte(i*101 + seq*13 + k*7)
 				}
-				err := c.Send(map[string]any{"id": pytree.MustOf([]int64{int64(i), int64(seq)}), "blob": pytree.MustOf(blob)})
+				err := c.Send(t.Context(), map[string]any{"id": pytree.MustOf([]int64{int64(i), int64(seq)}), "blob": pytree.MustOf(blob)})
 				if err != nil {
 					errc <- err
 					return
@@ -694,17 +694,17 @@ func TestSendBatch(t *testing.T) {
 			trees[i] = numbered(3, seq)
 			seq++
 		}
-		if err := c.SendBatch(trees); err != nil {
+		if err := c.SendBatch(t.Context(), trees); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// A bad tree anywhere refuses the whole call.
 	bad := numbered(3, seq)
 	bad["payload"] = pytree.MustOf(make([]uint8, 2))
-	if err := c.SendBatch([]any{numbered(3, seq), bad}); !errors.Is(err, echo.ErrPayloadSize) || !strings.Contains(err.Error(), "tree 1") {
+	if err := c.SendBatch(t.Context(), []any{numbered(3, seq), bad}); !errors.Is(err, echo.ErrPayloadSize) || !strings.Contains(err.Error(), "tree 1") {
 		t.Fatalf("SendBatch with a short tree: %v, want ErrPayloadSize naming tree 1", err)
 	}
-	if err := c.SendBatch([]any{numbered(3, seq), numbered(3, seq+1), numbered(3, seq+2)}); err != nil {
+	if err := c.SendBatch(t.Context(), []any{numbered(3, seq), numbered(3, seq+1), numbered(3, seq+2)}); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Wait(context.Background()); err != nil {
@@ -725,7 +725,7 @@ func TestDialWhileRingFull(t *testing.T) {
 	}
 	defer first.Close()
 	for seq := range 5 { // 2 fill the ring, 3 wait in the socket
-		if err := first.Send(numbered(0, seq)); err != nil {
+		if err := first.Send(t.Context(), numbered(0, seq)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -737,7 +737,7 @@ func TestDialWhileRingFull(t *testing.T) {
 		t.Fatalf("Dial while the only worker waits on a full ring: %v", err)
 	}
 	defer second.Close()
-	if err := second.Send(numbered(1, 0)); err != nil {
+	if err := second.Send(t.Context(), numbered(1, 0)); err != nil {
 		t.Fatal(err)
 	}
 	l := newLedger()
@@ -786,7 +786,7 @@ func TestClientsLeavingDuringHandshake(t *testing.T) {
 	defer cancel()
 	for seq := 0; smp.Info.ActiveConnections > 2; seq++ {
 		for range 4 {
-			if err := s.Submit(numbered(9, seq)); err != nil {
+			if err := s.Submit(t.Context(), numbered(9, seq)); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -884,7 +884,7 @@ func TestZeroByteLeafAndFullReadv(t *testing.T) {
 		b[0], b[1] = byte(i), byte(i>>8)
 		trees[i] = map[string]any{"a": pytree.MustOf(b), "empty": empty}
 	}
-	if err := c.SendBatch(trees); err != nil { // one writev of all of them
+	if err := c.SendBatch(t.Context(), trees); err != nil { // one writev of all of them
 		t.Fatal(err)
 	}
 	smp, err := s.Sample(context.Background())
@@ -964,7 +964,7 @@ func TestConcurrentWaits(t *testing.T) {
 	defer c.Close()
 	for round := range 50 {
 		for seq := range 8 {
-			if err := c.Send(numbered(0, round*8+seq)); err != nil {
+			if err := c.Send(t.Context(), numbered(0, round*8+seq)); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -1000,7 +1000,7 @@ func TestMaxConnections(t *testing.T) {
 	}
 	// The two admitted clients are unharmed.
 	for i, c := range kept {
-		if err := c.Send(numbered(i, 0)); err != nil {
+		if err := c.Send(t.Context(), numbered(i, 0)); err != nil {
 			t.Fatal(err)
 		}
 		if err := c.Wait(ctx); err != nil {

@@ -179,7 +179,7 @@ func TestTrajectoryFeedsServer(t *testing.T) {
 			acc.Add("steps", map[string]any{"obs": pytree.MustOf(make([]float32, 4)), "reward": pytree.Scalar(float32(i*3 + k))})
 		}
 		acc.Add("episode", map[string]any{"return": pytree.Scalar(float64(i)), "seed": pytree.MustOf([]int64{0, 0})})
-		if err := s.Submit(acc.Build()); err != nil {
+		if err := s.Submit(t.Context(), acc.Build()); err != nil {
 			t.Fatal(err)
 		}
 	}
