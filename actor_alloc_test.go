@@ -2,8 +2,8 @@
 
 package echo_test
 
-// The client's allocation tests, against the fake server of
-// client_test.go; the server's are in alloc_test.go.
+// The actor side's allocation tests, on every OS; the server's are in
+// alloc_test.go.
 
 import (
 	"context"
@@ -87,5 +87,29 @@ func TestClientBlockedSendAllocatesNothing(t *testing.T) {
 	}
 	if echo.WatchedWrites(c) == before {
 		t.Fatal("no measured Send lasted long enough to be watched: the test measured the fast path only")
+	}
+}
+
+// TestTrajectoryAddAllocatesNothing: steps are copied into reused buffers.
+func TestTrajectoryAddAllocatesNothing(t *testing.T) {
+	acc, err := echo.NewTrajectoryAccumulator(trajectoryExample(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	step := map[string]any{"obs": pytree.MustOf(make([]float32, 4)), "reward": pytree.Scalar(float32(1))}
+	ep := map[string]any{"return": pytree.Scalar(float64(1)), "seed": pytree.MustOf([]int64{1, 2})}
+	round := func() {
+		for range 3 {
+			if err := acc.Add("steps", step); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := acc.Add("episode", ep); err != nil {
+			t.Fatal(err)
+		}
+		acc.Build()
+	}
+	if n := testing.AllocsPerRun(20, round); n != 0 {
+		t.Fatalf("Add×4 + Build allocates %.1f times, want 0", n)
 	}
 }

@@ -1,3 +1,5 @@
+//go:build linux
+
 package echo_test
 
 // Cancellation of the send paths against the real server: a context that

@@ -1,7 +1,7 @@
 package echo_test
 
-// The client's tests against fakeServer, a stand-in for the server that
-// can be told to stop reading or acknowledging.
+// The client's tests against fakeServer, on every OS: on macOS and Windows
+// there is no Server, and these are the Client's tests there.
 
 import (
 	"bytes"
@@ -505,6 +505,57 @@ func TestSendSlowServerExactlyOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.expect(t, want...)
+}
+
+func TestDialNotAnEchoServer(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for i := 0; ; i++ {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			if i == 0 {
+				c.Write([]byte("HTTP/1.1 400 Bad Request\r\n\r\n"))
+			} else {
+				c.Write([]byte("ECHO\x02\x00\x00\x00\x00"))
+			}
+			c.Close()
+		}
+	}()
+	_, err = echo.Dial(context.Background(), ln.Addr().String(), numbered(0, 0))
+	if !errors.Is(err, echo.ErrBadMagic) {
+		t.Fatalf("Dial of an HTTP server: %v, want ErrBadMagic", err)
+	}
+	_, err = echo.Dial(context.Background(), ln.Addr().String(), numbered(0, 0))
+	if !errors.Is(err, echo.ErrVersion) {
+		t.Fatalf("Dial of a version-2 server: %v, want ErrVersion", err)
+	}
+}
+
+func TestDialHonoursContext(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			defer c.Close()
+			io.Copy(io.Discard, c) // never sends a handshake
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_, err = echo.Dial(ctx, ln.Addr().String(), numbered(0, 0))
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Dial against a silent server: %v, want DeadlineExceeded", err)
+	}
 }
 
 // TestNewClientOverAnyConn: NewClient takes a net.Conn that is not a

@@ -48,6 +48,14 @@
 // once. NewServer maps and faults in the whole ring, NumBuffers·batchSize
 // samples, before it returns.
 //
+// # Platforms
+//
+// The server side ([Server], [Producer], [Sample], the options and wait
+// strategies) runs on Linux only: it is built on epoll and mmap. The actor
+// side ([Client], [TrajectoryAccumulator], and packages pytree and wire)
+// builds and is tested on Linux, macOS and Windows, so actors may run
+// anywhere and feed a Linux learner over TCP.
+//
 // # Cancellation
 //
 // Every call that can block takes a context: [Dial], [Client.Send],
@@ -71,27 +79,22 @@ import (
 	"fmt"
 
 	"github.com/seed-a9ef92a1/echo/pytree"
-	"github.com/seed-a9ef92a1/echo/ringbuf"
 )
 
+// Errors of both sides. The server's own (ErrClosed, ErrRingTooLarge,
+// ErrStarted) are in server.go, the client's in client.go.
 var (
-	// ErrClosed is returned (wrapped) by every call on a closed server.
-	ErrClosed = errors.New("echo: server closed")
 	// ErrSpecMismatch is returned (wrapped, with the leaf path and both
 	// values) for a sample whose structure, dtype or shape differs from the
-	// example.
+	// example, and by Dial for a server that expects other samples.
 	ErrSpecMismatch = errors.New("echo: spec mismatch")
-	// ErrBadExample is returned by NewServer for an example that cannot
-	// describe samples: no leaves, or a leaf that is not a pytree.Array.
+	// ErrBadExample is returned by NewServer, Dial and
+	// NewTrajectoryAccumulator for an example that cannot describe
+	// samples: no leaves, or a leaf that is not a pytree.Array.
 	ErrBadExample = errors.New("echo: bad example")
 	// ErrBadConfig is returned by NewServer for an out-of-range batch size
-	// or option.
+	// or option, and by Dial for an out-of-range client option.
 	ErrBadConfig = errors.New("echo: bad configuration")
-	// ErrRingTooLarge is returned by NewServer when the ring of
-	// NumBuffers·batchSize samples does not fit in memory.
-	ErrRingTooLarge = ringbuf.ErrTooLarge
-	// ErrStarted is returned by a second call of Start.
-	ErrStarted = errors.New("echo: server already started")
 )
 
 // mismatchError turns a pytree mismatch into ErrSpecMismatch naming the

@@ -1,3 +1,5 @@
+//go:build linux
+
 package echo
 
 import (
@@ -17,6 +19,17 @@ import (
 	"github.com/seed-a9ef92a1/echo/pytree"
 	"github.com/seed-a9ef92a1/echo/ringbuf"
 	"github.com/seed-a9ef92a1/echo/tcp"
+)
+
+// Server errors. Each is wrapped with detail; test with errors.Is.
+var (
+	// ErrClosed is returned (wrapped) by every call on a closed server.
+	ErrClosed = errors.New("echo: server closed")
+	// ErrRingTooLarge is returned by NewServer when the ring of
+	// NumBuffers·batchSize samples does not fit in memory.
+	ErrRingTooLarge = ringbuf.ErrTooLarge
+	// ErrStarted is returned by a second call of Start.
+	ErrStarted = errors.New("echo: server already started")
 )
 
 // Server is the learner's side: it accepts samples matching its example and

