@@ -1,4 +1,4 @@
-//go:build !race
+//go:build linux && !race
 
 package echo_test
 
@@ -8,32 +8,33 @@ import (
 
 	"github.com/seed-a9ef92a1/echo"
 	"github.com/seed-a9ef92a1/echo/bench"
-	"github.com/seed-a9ef92a1/echo/pytree"
 )
 
 // TestSubmitSampleAllocatesNothing proves the in-process hot path's zero
-// allocation claim: a batch of Submit calls and the Sample that takes it.
+// allocation claim: a batch of Submit calls and the Sample that takes it,
+// with either kind of context (sendContexts).
 func TestSubmitSampleAllocatesNothing(t *testing.T) {
 	for _, w := range bench.Workloads() {
-		t.Run(w.Short, func(t *testing.T) {
-			sample := w.MustSample(1)
-			s := newServerFor(t, sample, w.BatchSize)
-			ctx := context.Background()
-			round := func() {
-				for range w.BatchSize {
-					if err := s.Submit(sample); err != nil {
+		for _, sc := range sendContexts(t) {
+			t.Run(w.Short+"/"+sc.name, func(t *testing.T) {
+				sample := w.MustSample(1)
+				s := newServerFor(t, sample, w.BatchSize)
+				round := func() {
+					for range w.BatchSize {
+						if err := s.Submit(sc.ctx, sample); err != nil {
+							t.Fatal(err)
+						}
+					}
+					if _, err := s.Sample(sc.ctx); err != nil {
 						t.Fatal(err)
 					}
 				}
-				if _, err := s.Sample(ctx); err != nil {
-					t.Fatal(err)
+				round() // warm the scratch pool
+				if n := testing.AllocsPerRun(20, round); n != 0 {
+					t.Fatalf("Submit×%d + Sample allocates %.1f times, want 0", w.BatchSize, n)
 				}
-			}
-			round() // warm the scratch pool
-			if n := testing.AllocsPerRun(20, round); n != 0 {
-				t.Fatalf("Submit×%d + Sample allocates %.1f times, want 0", w.BatchSize, n)
-			}
-		})
+			})
+		}
 	}
 }
 
@@ -43,14 +44,16 @@ func TestProducerSendAllocatesNothing(t *testing.T) {
 	w := bench.Workloads()[0]
 	for _, route := range routes {
 		for _, ws := range strategies {
-			t.Run(route.name+"/"+ws.String(), func(t *testing.T) {
-				producerRound(t, w, route.opt, echo.WithWaitStrategy(ws))
-			})
+			for _, sc := range sendContexts(t) {
+				t.Run(route.name+"/"+ws.String()+"/"+sc.name, func(t *testing.T) {
+					producerRound(t, sc.ctx, w, route.opt, echo.WithWaitStrategy(ws))
+				})
+			}
 		}
 	}
 }
 
-func producerRound(t *testing.T, w bench.Workload, opts ...echo.Option) {
+func producerRound(t *testing.T, ctx context.Context, w bench.Workload, opts ...echo.Option) {
 	sample := w.MustSample(1)
 	s := newServerFor(t, sample, w.BatchSize, opts...)
 	prod, err := s.NewProducer()
@@ -58,10 +61,9 @@ func producerRound(t *testing.T, w bench.Workload, opts ...echo.Option) {
 		t.Fatal(err)
 	}
 	defer prod.Close()
-	ctx := context.Background()
 	round := func() {
 		for range w.BatchSize {
-			if err := prod.Send(sample); err != nil {
+			if err := prod.Send(ctx, sample); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -82,18 +84,19 @@ func producerRound(t *testing.T, w bench.Workload, opts ...echo.Option) {
 func TestTCPSendSampleAllocatesNothing(t *testing.T) {
 	for _, w := range bench.Workloads() {
 		for _, ws := range strategies {
-			t.Run(w.Short+"/"+ws.String(), func(t *testing.T) { tcpRound(t, w, ws) })
+			for _, sc := range sendContexts(t) {
+				t.Run(w.Short+"/"+ws.String()+"/"+sc.name, func(t *testing.T) { tcpRound(t, sc.ctx, w, ws) })
+			}
 		}
 	}
 }
 
-func tcpRound(t *testing.T, w bench.Workload, ws echo.WaitStrategy) {
+func tcpRound(t *testing.T, ctx context.Context, w bench.Workload, ws echo.WaitStrategy) {
 	sample := w.MustSample(1)
 	s := newServerFor(t, sample, w.BatchSize, echo.WithTCP("127.0.0.1:0"), echo.WithWaitStrategy(ws))
 	if err := s.Start(); err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
 	c, err := echo.Dial(ctx, s.Addr().String(), sample)
 	if err != nil {
 		t.Fatal(err)
@@ -101,7 +104,7 @@ func tcpRound(t *testing.T, w bench.Workload, ws echo.WaitStrategy) {
 	defer c.Close()
 	round := func() {
 		for range w.BatchSize {
-			if err := c.Send(sample); err != nil {
+			if err := c.Send(ctx, sample); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -118,36 +121,12 @@ func tcpRound(t *testing.T, w bench.Workload, ws echo.WaitStrategy) {
 	}
 }
 
-// TestTrajectoryAddAllocatesNothing: steps are copied into reused buffers.
-func TestTrajectoryAddAllocatesNothing(t *testing.T) {
-	acc, err := echo.NewTrajectoryAccumulator(trajectoryExample(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	step := map[string]any{"obs": pytree.MustOf(make([]float32, 4)), "reward": pytree.Scalar(float32(1))}
-	ep := map[string]any{"return": pytree.Scalar(float64(1)), "seed": pytree.MustOf([]int64{1, 2})}
-	round := func() {
-		for range 3 {
-			if err := acc.Add("steps", step); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := acc.Add("episode", ep); err != nil {
-			t.Fatal(err)
-		}
-		acc.Build()
-	}
-	if n := testing.AllocsPerRun(20, round); n != 0 {
-		t.Fatalf("Add×4 + Build allocates %.1f times, want 0", n)
-	}
-}
-
 // TestViewAllocatesNothing: reading a leaf of a batch by its path.
 func TestViewAllocatesNothing(t *testing.T) {
 	w := bench.Workloads()[2] // W3: the most leaves to search
 	sample := w.MustSample(1)
 	s := newServerFor(t, sample, 1)
-	if err := s.Submit(sample); err != nil {
+	if err := s.Submit(t.Context(), sample); err != nil {
 		t.Fatal(err)
 	}
 	smp, err := s.Sample(context.Background())

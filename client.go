@@ -8,15 +8,13 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
-	"github.com/seed-a9ef92a1/echo/internal/sockio"
 	"github.com/seed-a9ef92a1/echo/pytree"
 	"github.com/seed-a9ef92a1/echo/wire"
 )
@@ -40,8 +38,8 @@ var (
 	// return for every tree that does not match the example.
 	ErrPayloadSize = errors.New("echo: payload size mismatch")
 	// ErrConnectionClosed is returned by Send and Wait once the connection
-	// is gone: the server closed it, the network failed, or Close was
-	// called.
+	// is gone: the server closed it, the network failed, Close was called,
+	// or a Send's context ended with part of a sample written.
 	ErrConnectionClosed = errors.New("echo: connection closed")
 	// ErrAuthRequired: the server asks actors to authenticate
 	// (WithSharedSecret) and the client has no secret (WithClientSecret).
@@ -55,6 +53,17 @@ var (
 // DefaultMaxInflight is the number of samples a Client may have sent and
 // not yet seen acknowledged before Send waits: echo's max_inflight_msgs.
 const DefaultMaxInflight = 32
+
+// writeProbe is the period of a Client's probe timer, which hands the
+// context of a write that has lasted one to two periods to the Client's
+// watcher (see write). It bounds how late a cancellation is noticed while
+// a write is blocked; the timer ticks only while writes with cancellable
+// contexts are under way.
+const writeProbe = 5 * time.Millisecond
+
+// aLongTimeAgo is a write deadline in the past: it makes a blocked write
+// return at once.
+var aLongTimeAgo = time.Unix(1, 0)
 
 // ClientOption configures Dial.
 type ClientOption func(*clientConfig)
@@ -84,22 +93,46 @@ func WithClientSecret(secret []byte) ClientOption {
 // this package's. It sends samples shaped like its example; the server
 // acknowledges each with one byte once it holds the sample.
 //
-// Send and Wait may be called from several goroutines; samples from one
-// Client arrive in the order their Sends returned.
+// Send, SendBatch and Wait may be called from several goroutines; samples
+// from one Client arrive in the order their Sends returned.
 type Client struct {
+	// Read-only after NewClient.
 	conn    net.Conn
-	raw     syscall.RawConn
 	spec    *pytree.Spec
 	payload int
 
-	// sendMu serialises Send. leaves, iov, iovPos and werr are its scratch.
-	sendMu  sync.Mutex
-	leaves  []pytree.Array
-	many    []pytree.Array // SendBatch's scratch: the leaves of every tree
-	iov     []unix.Iovec
-	iovPos  int
-	werr    error
-	writeFn func(fd uintptr) bool // c.writev, bound once: no allocation per Send
+	// sendMu serialises Send and SendBatch; every field down to watchOnce
+	// is theirs, read and written under it.
+	sendMu sync.Mutex
+	leaves []pytree.Array // Send's flatten scratch
+	many   []pytree.Array // SendBatch's scratch: the leaves of every tree
+	// vec holds the leaves' bytes of one write, cleared after it; bufs is
+	// what is left of vec to write. bufs is a field, not a local, so that
+	// handing &bufs to the connection's writev does not move it to the
+	// heap on every Send.
+	vec  [][]byte
+	bufs net.Buffers
+
+	// The write watch, for writes with a cancellable context (see write).
+	// wmu guards the fields below it; the writer (under sendMu), the probe
+	// timer's function and Close take it.
+	wmu     sync.Mutex
+	wctx    context.Context // the context of the write under way; nil between writes
+	wseq    uint64          // counts writes with a cancellable context
+	seenSeq uint64          // wseq at the probe's last look
+	watched bool            // the watcher holds wctx, until the writer's unwatch
+	ticking bool            // probe is armed
+	probe   *time.Timer     // made on the first write with a cancellable context
+	watches uint64          // writes handed to the watcher, for tests
+
+	// watch hands the context of a long write to the watcher goroutine;
+	// unwatch, sent by the writer, tells it the write is over. Both
+	// unbuffered. watchOnce starts the watcher, or, in Close, makes sure
+	// it never starts.
+	watch     chan context.Context
+	unwatch   chan struct{}
+	watchOnce sync.Once
+	watchEnd  chan struct{} // closed when the watcher ends (or never starts)
 
 	// tokens holds one token per sample in flight: Send puts, the ack
 	// reader takes. Its capacity is max_inflight.
@@ -142,10 +175,12 @@ func Dial(ctx context.Context, addr string, example any, opts ...ClientOption) (
 }
 
 // NewClient is Dial over a connection the caller made: through a proxy, from
-// another network namespace, with its own dialer. conn must be a stream
-// with a file descriptor (*net.TCPConn, *net.UnixConn). NewClient reads and
-// checks the handshake and returns errors as Dial does; on error the caller
-// still owns conn, on success the Client does.
+// another network namespace, with its own dialer. conn may be any stream
+// net.Conn; with *net.TCPConn and *net.UnixConn a sample is one writev
+// (WSASend on Windows), with others one Write per leaf. Send's context is
+// honoured through conn's write deadline, which the Client then owns.
+// NewClient reads and checks the handshake and returns errors as Dial does;
+// on error the caller still owns conn, on success the Client does.
 func NewClient(ctx context.Context, conn net.Conn, example any, opts ...ClientOption) (*Client, error) {
 	cfg := clientConfig{maxInflight: DefaultMaxInflight}
 	for _, o := range opts {
@@ -161,9 +196,6 @@ func NewClient(ctx context.Context, conn net.Conn, example any, opts ...ClientOp
 	want, err := wire.HandshakeOf(spec)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrBadExample, err)
-	}
-	if _, ok := conn.(syscall.Conn); !ok {
-		return nil, fmt.Errorf("%w: connection %T has no file descriptor", ErrBadConfig, conn)
 	}
 	return handshake(ctx, conn, spec, want, cfg)
 }
@@ -183,27 +215,20 @@ func handshake(ctx context.Context, conn net.Conn, spec *pytree.Spec, want wire.
 	if err := want.Compare(got); err != nil {
 		return nil, specMismatch(spec, want, got)
 	}
-	sc, ok := conn.(syscall.Conn)
-	if !ok {
-		return nil, fmt.Errorf("connection %T has no file descriptor", conn)
-	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
 	c := &Client{
 		conn:      conn,
-		raw:       raw,
 		spec:      spec,
 		payload:   spec.PayloadBytes(),
 		leaves:    make([]pytree.Array, 0, spec.NumLeaves()),
-		iov:       make([]unix.Iovec, 0, spec.NumLeaves()),
+		vec:       make([][]byte, 0, spec.NumLeaves()),
+		watch:     make(chan context.Context),
+		unwatch:   make(chan struct{}),
+		watchEnd:  make(chan struct{}),
 		tokens:    make(chan struct{}, cfg.maxInflight),
 		idle:      make(chan struct{}, 1),
 		done:      make(chan struct{}),
 		readerEnd: make(chan struct{}),
 	}
-	c.writeFn = c.writev
 	go c.readAcks()
 	return c, nil
 }
@@ -289,16 +314,36 @@ func equalShape(a, b []int) bool {
 	return true
 }
 
-// Send writes one sample with a single writev of its leaves, straight from
-// the caller's arrays. It waits first while max_inflight samples are
-// unacknowledged. A tree of the wrong size returns ErrPayloadSize, one of
-// the right size but another structure, dtype or shape ErrSpecMismatch;
-// either way nothing is sent. Once the connection is gone Send returns
-// ErrConnectionClosed.
+// Send writes one sample, its leaves straight from the caller's arrays in
+// one write (a writev on Unix, WSASend on Windows). It waits first while
+// max_inflight samples are unacknowledged. A tree of the wrong size returns
+// ErrPayloadSize, one of the right size but another structure, dtype or
+// shape ErrSpecMismatch; either way nothing is sent. Once the connection is
+// gone Send returns ErrConnectionClosed.
 //
-// Send allocates nothing. When it returns, the sample's bytes are in the
-// kernel, and the caller may reuse its arrays.
-func (c *Client) Send(tree any) error {
+// ctx bounds every wait:
+//
+//   - If ctx is done before any byte of the sample is written (on entry,
+//     while Send waits for an in-flight token, or while its write is
+//     blocked before the first byte went out), Send returns an error
+//     wrapping ctx's error, nothing is sent, and the connection stays
+//     usable.
+//   - If ctx ends while the write is blocked part-way through the sample
+//     (the server does not read, and the kernel's send buffer is full), the
+//     write is abandoned. A partial sample is then on the wire, so the
+//     connection cannot go on: the Client ends, later calls return
+//     ErrConnectionClosed with a cause that names the cancellation, and
+//     Send returns an error wrapping both ErrConnectionClosed and ctx's
+//     error. The server drops a partial sample: nothing half-written is
+//     delivered.
+//
+// A cancellation that comes while the write is under way is noticed once
+// the write has lasted 5 to 10 ms (writeProbe), and at once after that.
+//
+// Send allocates nothing, with context.Background() as with a cancellable
+// context that is not cancelled. When it returns nil, the sample's bytes
+// are in the kernel, and the caller may reuse its arrays.
+func (c *Client) Send(ctx context.Context, tree any) error {
 	c.sendMu.Lock()
 	defer c.sendMu.Unlock()
 	leaves, err := c.spec.FlattenInto(tree, c.leaves)
@@ -306,32 +351,41 @@ func (c *Client) Send(tree any) error {
 		clear(c.leaves[:cap(c.leaves)])
 		return c.rejected(tree, err)
 	}
+	defer clear(leaves)
 	select {
 	case <-c.done:
-		clear(leaves)
 		return c.closedErr()
 	default:
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("echo: send: nothing sent: %w", err)
 	}
 	select {
 	case c.tokens <- struct{}{}:
 	case <-c.done:
-		clear(leaves)
 		return c.closedErr()
+	case <-ctx.Done():
+		return fmt.Errorf("echo: send: nothing sent, waiting for acknowledgements: %w", ctx.Err())
 	}
 	c.inflight.Add(1)
-	err = c.write(leaves)
-	clear(leaves)
+	_, err = c.send(ctx, leaves, 1)
 	return err
 }
 
 // SendBatch sends trees in order, as Send would one by one, but with one
-// writev per max_inflight samples instead of one per sample: an actor
+// write per max_inflight samples instead of one per sample: an actor
 // stepping several environments at once pays the system call once. Every
 // tree is checked before anything is sent; on a mismatch the error names
 // the tree's index and nothing is sent. Like Send, it waits while too many
 // samples are unacknowledged, and allocates nothing once its scratch has
 // grown to the largest batch.
-func (c *Client) SendBatch(trees []any) error {
+//
+// ctx bounds every wait as it does Send's. If ctx ends between two writes,
+// or before the first byte of a write, the trees before it have been sent
+// and no byte of the rest: SendBatch returns an error wrapping ctx's error
+// that says how many were sent, and the connection stays usable. If ctx
+// ends part-way through a sample, the Client ends as it does for Send.
+func (c *Client) SendBatch(ctx context.Context, trees []any) error {
 	c.sendMu.Lock()
 	defer c.sendMu.Unlock()
 	nl := c.spec.NumLeaves()
@@ -348,44 +402,213 @@ func (c *Client) SendBatch(trees []any) error {
 		all = all[:len(all)+len(leaves)]
 	}
 	defer clear(all)
+	select {
+	case <-c.done:
+		return c.closedErr()
+	default:
+	}
 	bound := cap(c.tokens)
+	sent := 0
 	for len(all) > 0 {
+		if err := ctx.Err(); err != nil {
+			return c.batchCancelled(sent, len(trees), err)
+		}
 		k := min(bound, len(all)/nl)
-		for range k {
+		for i := range k {
 			select {
 			case c.tokens <- struct{}{}:
 			case <-c.done:
 				return c.closedErr()
+			case <-ctx.Done():
+				for range i { // the tokens of samples not sent
+					<-c.tokens
+				}
+				return c.batchCancelled(sent, len(trees), ctx.Err())
 			}
 		}
 		c.inflight.Add(int64(k))
-		if err := c.write(all[:k*nl]); err != nil {
-			return err
+		n, err := c.send(ctx, all[:k*nl], k)
+		sent += n
+		if err != nil {
+			if errors.Is(err, ErrConnectionClosed) {
+				return err
+			}
+			return c.batchCancelled(sent, len(trees), ctx.Err())
 		}
 		all = all[k*nl:]
 	}
 	return nil
 }
 
-// write sends leaves with writev, straight from their memory.
-func (c *Client) write(leaves []pytree.Array) error {
-	c.iov = c.iov[:0]
-	for _, a := range leaves {
-		if b := a.Bytes(); len(b) > 0 {
-			c.iov = append(c.iov, unix.Iovec{Base: &b[0], Len: uint64(len(b))})
+// batchCancelled is SendBatch's error when ctx ended with the stream
+// intact after sent of total samples.
+func (c *Client) batchCancelled(sent, total int, err error) error {
+	return fmt.Errorf("echo: send batch: %d of %d samples sent, no byte of the rest: %w", sent, total, err)
+}
+
+// send writes k samples whose leaves are leaves and for which k tokens
+// are held and counted in inflight, and returns how many went out whole.
+// When ctx ended with the stream at a sample boundary (before the write,
+// too: a select that found both a token and ctx done may have taken the
+// token), it gives back the tokens of the samples not sent and returns
+// ctx's error (wrapped, without ErrConnectionClosed): the connection goes
+// on. Any other failure ends the connection and returns an error wrapping
+// ErrConnectionClosed.
+func (c *Client) send(ctx context.Context, leaves []pytree.Array, k int) (int, error) {
+	var (
+		n         int64
+		cancelled bool
+		err       = ctx.Err()
+	)
+	if err != nil {
+		cancelled = true
+	} else {
+		n, cancelled, err = c.write(ctx, leaves)
+	}
+	if err == nil {
+		return k, nil
+	}
+	whole, partial := k, false
+	if c.payload > 0 {
+		whole, partial = int(n/int64(c.payload)), n%int64(c.payload) != 0
+	}
+	if !cancelled {
+		c.end(fmt.Errorf("%w: send: %w", ErrConnectionClosed, err))
+		return whole, c.closedErr()
+	}
+	if partial {
+		cerr := fmt.Errorf("%w: send abandoned part-way through a sample: %w", ErrConnectionClosed, err)
+		c.end(cerr)
+		return whole, cerr
+	}
+	// At a sample boundary: the samples not sent were never in flight.
+	for range k - whole {
+		<-c.tokens // ours: the ack reader takes tokens only for samples sent
+	}
+	if c.inflight.Add(int64(whole-k)) == 0 {
+		select {
+		case c.idle <- struct{}{}:
+		default:
 		}
 	}
-	c.iovPos, c.werr = 0, nil
-	err := c.raw.Write(c.writeFn)
-	clear(c.iov)
-	if err == nil {
-		err = c.werr
+	return whole, fmt.Errorf("echo: send: nothing sent: %w", err)
+}
+
+// write sends the leaves' bytes, straight from their memory, as one
+// net.Buffers write: writev on Unix, WSASend on Windows (Go's runtime
+// keeps the iovec array; with bufs and vec reused, nothing is allocated).
+// It returns the bytes written, and whether the write stopped because ctx
+// ended, in which case err is ctx's error.
+//
+// How a write honours ctx without a goroutine, a timer or a deadline per
+// Send: a write with a cancellable ctx (ctx.Done() != nil) only publishes
+// ctx in wctx, under wmu, and arms the Client's probe timer if it is not
+// ticking. The probe looks every writeProbe; a write it finds under way at
+// two looks in a row has lasted at least writeProbe, as a write blocked on
+// a full send buffer does, and the probe hands its ctx to the watcher
+// goroutine, which sets a write deadline in the past once ctx ends. That
+// deadline, the only one a Client sets, makes the blocked write return at
+// once. The writer then takes wctx back and, if the watcher held it, sends
+// unwatch (after which the watcher sets no deadline) and clears the
+// deadline. A probe that finds no write under way, or hands one over,
+// stops ticking until the next write.
+func (c *Client) write(ctx context.Context, leaves []pytree.Array) (n int64, cancelled bool, err error) {
+	for _, a := range leaves {
+		if b := a.Bytes(); len(b) > 0 {
+			c.vec = append(c.vec, b)
+		}
 	}
-	if err != nil {
-		c.end(fmt.Errorf("%w: send: %w", ErrConnectionClosed, err))
-		return c.closedErr()
+	c.bufs = c.vec
+	cancellable := ctx.Done() != nil
+	if cancellable {
+		c.wmu.Lock()
+		c.wctx = ctx
+		c.wseq++
+		if !c.ticking {
+			c.ticking = true
+			if c.probe == nil {
+				c.probe = time.AfterFunc(writeProbe, c.lookAtWrite)
+			} else {
+				c.probe.Reset(writeProbe)
+			}
+		}
+		c.wmu.Unlock()
 	}
-	return nil
+	n, err = c.bufs.WriteTo(c.conn)
+	clear(c.vec)
+	c.vec, c.bufs = c.vec[:0], nil
+	if cancellable {
+		c.wmu.Lock()
+		c.wctx = nil
+		watched := c.watched
+		c.watched = false
+		c.wmu.Unlock()
+		if watched {
+			c.unwatch <- struct{}{}
+			c.conn.SetWriteDeadline(time.Time{})
+		}
+		if err != nil && errors.Is(err, os.ErrDeadlineExceeded) && ctx.Err() != nil {
+			return n, true, ctx.Err()
+		}
+	}
+	return n, false, err
+}
+
+// lookAtWrite is the probe timer's function (see write). It hands the
+// write under way to the watcher if it is the one seen at the last look,
+// and ticks on while writes go on and none is watched.
+func (c *Client) lookAtWrite() {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	select {
+	case <-c.done:
+		c.ticking = false
+		return
+	default:
+	}
+	if c.wctx == nil {
+		c.ticking = false
+		return
+	}
+	if c.wseq == c.seenSeq && !c.watched {
+		c.watchOnce.Do(func() { go c.watchWrites() })
+		// The watcher is idle: the writer of the last write it watched
+		// sent unwatch before this write began.
+		select {
+		case c.watch <- c.wctx:
+			c.watched = true
+			c.watches++
+			c.ticking = false // the watcher has it; the next write re-arms
+			return
+		case <-c.done:
+			c.ticking = false
+			return
+		}
+	}
+	c.seenSeq = c.wseq
+	c.probe.Reset(writeProbe)
+}
+
+// watchWrites is the Client's watcher goroutine, started by the first probe
+// that finds a long write. For each write handed to it, it waits for the
+// write's end (unwatch) or for ctx's; on ctx's, it sets a write deadline in
+// the past, which makes the write return, and still waits for unwatch,
+// after which the writer clears the deadline. It ends with the connection.
+func (c *Client) watchWrites() {
+	defer close(c.watchEnd)
+	for {
+		select {
+		case ctx := <-c.watch:
+			select {
+			case <-ctx.Done():
+				c.conn.SetWriteDeadline(aLongTimeAgo)
+				<-c.unwatch
+			case <-c.unwatch:
+			}
+		case <-c.done:
+			return
+		}
+	}
 }
 
 // rejected builds Send's and SendBatch's error for a tree that does not
@@ -393,24 +616,6 @@ func (c *Client) write(leaves []pytree.Array) error {
 // tree of the wrong size differs in structure, dtype or shape, so its size
 // needs no check of its own.
 func (c *Client) rejected(_ any, err error) error { return mismatchError(err) }
-
-// writev is the RawConn.Write callback: it writes what is left of c.iov
-// and returns false to wait for writability after a short write.
-func (c *Client) writev(fd uintptr) bool {
-	for c.iovPos < len(c.iov) {
-		n, err := sockio.Writev(int(fd), c.iov[c.iovPos:])
-		if err != nil {
-			c.werr = err
-			return true
-		}
-		if n == 0 {
-			return false
-		}
-		rest := sockio.Advance(c.iov[c.iovPos:], n)
-		c.iovPos = len(c.iov) - len(rest)
-	}
-	return true
-}
 
 // readAcks takes one token per ack byte until the connection ends.
 func (c *Client) readAcks() {
@@ -497,10 +702,18 @@ func (c *Client) Wait(ctx context.Context) error {
 }
 
 // Close closes the connection without waiting for acknowledgements (call
-// Wait first for that) and waits for the ack reader to stop. Samples in
-// flight may or may not reach the server. Close is idempotent.
+// Wait first for that) and waits for the ack reader and the write watcher
+// to stop. Samples in flight may or may not reach the server. Close is
+// idempotent.
 func (c *Client) Close() error {
 	c.end(fmt.Errorf("%w: client closed", ErrConnectionClosed))
 	<-c.readerEnd
+	c.wmu.Lock()
+	if c.probe != nil {
+		c.probe.Stop() // a look already running sees done and stops
+	}
+	c.wmu.Unlock()
+	c.watchOnce.Do(func() { close(c.watchEnd) }) // never started: never will
+	<-c.watchEnd
 	return nil
 }

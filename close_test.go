@@ -1,3 +1,5 @@
+//go:build linux
+
 package echo_test
 
 import (
@@ -74,7 +76,7 @@ func TestCloseWithEverythingBlocked(t *testing.T) {
 	}
 	// Take one batch, to learn where the ring lives, and fill the ring.
 	for seq := range 2 {
-		if err := full.Submit(numbered(0, seq)); err != nil {
+		if err := full.Submit(t.Context(), numbered(0, seq)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -90,7 +92,7 @@ func TestCloseWithEverythingBlocked(t *testing.T) {
 	}
 	// The consumer holds one slab: two samples fill the other.
 	for seq := range 2 {
-		if err := full.Submit(numbered(1, seq)); err != nil {
+		if err := full.Submit(t.Context(), numbered(1, seq)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -103,7 +105,7 @@ func TestCloseWithEverythingBlocked(t *testing.T) {
 		}
 	}
 	for i := range 3 {
-		wg.Go(func() { expect("Submit", full.Submit(numbered(2, i)), echo.ErrClosed) })
+		wg.Go(func() { expect("Submit", full.Submit(t.Context(), numbered(2, i)), echo.ErrClosed) })
 	}
 	for i := range 3 {
 		p, err := full.NewProducer()
@@ -113,7 +115,7 @@ func TestCloseWithEverythingBlocked(t *testing.T) {
 		wg.Go(func() {
 			defer p.Close()
 			for seq := 0; ; seq++ {
-				if err := p.Send(numbered(3+i, seq)); err != nil {
+				if err := p.Send(t.Context(), numbered(3+i, seq)); err != nil {
 					expect("Producer.Send", err, echo.ErrClosed)
 					return
 				}
@@ -128,7 +130,7 @@ func TestCloseWithEverythingBlocked(t *testing.T) {
 		wg.Go(func() {
 			defer c.Close()
 			for seq := 0; ; seq++ {
-				if err := c.Send(numbered(10+i, seq)); err != nil {
+				if err := c.Send(t.Context(), numbered(10+i, seq)); err != nil {
 					expect("Client.Send", err, echo.ErrConnectionClosed)
 					return
 				}
@@ -167,7 +169,7 @@ func TestCloseWithEverythingBlocked(t *testing.T) {
 	}
 	expectRefused(t, stuck)
 	stuck.Close()
-	if err := silent.Send(numbered(0, 0)); !errors.Is(err, echo.ErrConnectionClosed) {
+	if err := silent.Send(t.Context(), numbered(0, 0)); !errors.Is(err, echo.ErrConnectionClosed) {
 		// The first Send after the server left may still be written: the
 		// second meets the reset or the closed reader.
 		if err := silent.Wait(ctx); !errors.Is(err, echo.ErrConnectionClosed) {

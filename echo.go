@@ -41,11 +41,29 @@
 // # Cost
 //
 // Submit, Producer.Send, Client.Send and Sample allocate nothing once
-// warm. A sample is copied into the ring once: from the caller's arrays
-// (Submit, producers of large samples) or from the socket (clients);
-// producers of small samples copy it into buffers of their own first, so
-// that Send returns at once. NewServer maps and faults in the whole ring,
-// NumBuffers·batchSize samples, before it returns.
+// warm, with context.Background() as with a cancellable context. A sample
+// is copied into the ring once: from the caller's arrays (Submit, producers
+// of large samples) or from the socket (clients); producers of small
+// samples copy it into buffers of their own first, so that Send returns at
+// once. NewServer maps and faults in the whole ring, NumBuffers·batchSize
+// samples, before it returns.
+//
+// # Platforms
+//
+// The server side ([Server], [Producer], [Sample], the options and wait
+// strategies) runs on Linux only: it is built on epoll and mmap. The actor
+// side ([Client], [TrajectoryAccumulator], and packages pytree and wire)
+// builds and is tested on Linux, macOS and Windows, so actors may run
+// anywhere and feed a Linux learner over TCP.
+//
+// # Cancellation
+//
+// Every call that can block takes a context: [Dial], [Client.Send],
+// [Client.SendBatch], [Client.Wait], [Server.Submit], [Producer.Send] and
+// [Server.Sample]. A send whose context ends before any byte of its sample
+// is handed over returns an error wrapping the context's error, sends
+// nothing and leaves its connection or producer usable; see each method for
+// the rest.
 //
 // # Security
 //
@@ -59,13 +77,11 @@ package echo
 import (
 	"errors"
 	"fmt"
-
-	"github.com/seed-a9ef92a1/echo/ringbuf"
 )
 
+// Errors of both sides. The server's own (ErrClosed, ErrRingTooLarge,
+// ErrStarted) are in server.go, the client's in client.go.
 var (
-	// ErrClosed is returned (wrapped) by every call on a closed server.
-	ErrClosed = errors.New("echo: server closed")
 	// ErrSpecMismatch is returned (wrapped) for a tree whose structure,
 	// dtype or shape differs from the example: by Submit, Producer.Send,
 	// Client.Send and SendBatch (which also name the tree's index), and
@@ -80,17 +96,13 @@ var (
 	// want the path with errors.As. Dial can compare only what the version
 	// 1 handshake carries: leaf counts, dtype sizes and shapes.
 	ErrSpecMismatch = errors.New("echo: spec mismatch")
-	// ErrBadExample is returned by NewServer for an example that cannot
-	// describe samples: no leaves, or a leaf that is not a pytree.Array.
+	// ErrBadExample is returned by NewServer, Dial and
+	// NewTrajectoryAccumulator for an example that cannot describe
+	// samples: no leaves, or a leaf that is not a pytree.Array.
 	ErrBadExample = errors.New("echo: bad example")
 	// ErrBadConfig is returned by NewServer for an out-of-range batch size
-	// or option.
+	// or option, and by Dial for an out-of-range client option.
 	ErrBadConfig = errors.New("echo: bad configuration")
-	// ErrRingTooLarge is returned by NewServer when the ring of
-	// NumBuffers·batchSize samples does not fit in memory.
-	ErrRingTooLarge = ringbuf.ErrTooLarge
-	// ErrStarted is returned by a second call of Start.
-	ErrStarted = errors.New("echo: server already started")
 )
 
 // mismatchError turns the *pytree.MismatchError of a tree checked against

@@ -1,3 +1,5 @@
+//go:build linux
+
 package echo_test
 
 import (
@@ -90,9 +92,9 @@ func checkMismatch(t *testing.T, call string, err error, want string) {
 func TestMismatchMessagesSubmit(t *testing.T) {
 	s := newServerFor(t, mismatchExample(), 2)
 	for _, c := range mismatchCases(mismatchExample) {
-		checkMismatch(t, "Submit("+c.name+")", s.Submit(c.tree()), "echo: spec mismatch: "+c.detail)
+		checkMismatch(t, "Submit("+c.name+")", s.Submit(t.Context(), c.tree()), "echo: spec mismatch: "+c.detail)
 	}
-	if err := s.Submit(mismatchExample()); err != nil {
+	if err := s.Submit(t.Context(), mismatchExample()); err != nil {
 		t.Fatalf("Submit of the example: %v", err)
 	}
 }
@@ -108,9 +110,9 @@ func TestMismatchMessagesProducer(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, c := range mismatchCases(mismatchExample) {
-			checkMismatch(t, route.name+" Producer.Send("+c.name+")", p.Send(c.tree()), "echo: spec mismatch: "+c.detail)
+			checkMismatch(t, route.name+" Producer.Send("+c.name+")", p.Send(t.Context(), c.tree()), "echo: spec mismatch: "+c.detail)
 		}
-		if err := p.Send(mismatchExample()); err != nil {
+		if err := p.Send(t.Context(), mismatchExample()); err != nil {
 			t.Fatalf("%s Producer.Send of the example: %v", route.name, err)
 		}
 	}
@@ -127,14 +129,14 @@ func TestMismatchMessagesClient(t *testing.T) {
 	}
 	defer c.Close()
 	for _, tc := range mismatchCases(mismatchExample) {
-		checkMismatch(t, "Client.Send("+tc.name+")", c.Send(tc.tree()), "echo: spec mismatch: "+tc.detail)
-		checkMismatch(t, "Client.SendBatch("+tc.name+")", c.SendBatch([]any{mismatchExample(), tc.tree()}),
+		checkMismatch(t, "Client.Send("+tc.name+")", c.Send(t.Context(), tc.tree()), "echo: spec mismatch: "+tc.detail)
+		checkMismatch(t, "Client.SendBatch("+tc.name+")", c.SendBatch(t.Context(), []any{mismatchExample(), tc.tree()}),
 			"tree 1: echo: spec mismatch: "+tc.detail)
 	}
 	if c.Inflight() != 0 {
 		t.Fatalf("%d samples in flight after refused sends", c.Inflight())
 	}
-	if err := c.Send(mismatchExample()); err != nil {
+	if err := c.Send(t.Context(), mismatchExample()); err != nil {
 		t.Fatalf("Client.Send of the example: %v", err)
 	}
 	if err := c.Wait(t.Context()); err != nil {
@@ -246,8 +248,8 @@ func TestClosedMessages(t *testing.T) {
 		_, newErr := s.NewProducer()
 		_, sampleErr := s.Sample(context.Background())
 		for call, err := range map[string]error{
-			"Submit":        s.Submit(mismatchExample()),
-			"Producer.Send": p.Send(mismatchExample()),
+			"Submit":        s.Submit(t.Context(), mismatchExample()),
+			"Producer.Send": p.Send(t.Context(), mismatchExample()),
 			"NewProducer":   newErr,
 			"Sample":        sampleErr,
 			"Start":         s.Start(),
@@ -267,7 +269,7 @@ func ExampleServer_Submit_mismatch() {
 		panic(err)
 	}
 	defer s.Close()
-	err = s.Submit(map[string]any{"obs": pytree.MustOf(make([]float64, 8))})
+	err = s.Submit(context.Background(), map[string]any{"obs": pytree.MustOf(make([]float64, 8))})
 	fmt.Println(err)
 	fmt.Println(errors.Is(err, echo.ErrSpecMismatch))
 	// Output:

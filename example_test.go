@@ -1,3 +1,5 @@
+//go:build linux
+
 package echo_test
 
 import (
@@ -30,10 +32,11 @@ func Example() {
 			return
 		}
 		defer prod.Close()
+		ctx := context.Background() // or one that ends when the actor should stop waiting
 		obs := make([]float32, 8)
 		for step := 0; ; step++ {
 			obs[0] = float32(step)
-			err := prod.Send(map[string]any{
+			err := prod.Send(ctx, map[string]any{
 				"obs":    pytree.MustOf(obs),
 				"reward": pytree.Scalar(float32(1)),
 				"done":   pytree.Scalar(uint8(0)),
@@ -83,7 +86,8 @@ func ExampleDial() {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		client, err := echo.Dial(context.Background(), srv.Addr().String(), example)
+		ctx := context.Background()
+		client, err := echo.Dial(ctx, srv.Addr().String(), example)
 		if err != nil {
 			return
 		}
@@ -91,7 +95,7 @@ func ExampleDial() {
 		obs := make([]float32, 8)
 		for step := 0; ; step++ {
 			obs[0] = float32(step)
-			err := client.Send(map[string]any{
+			err := client.Send(ctx, map[string]any{
 				"obs":    pytree.MustOf(obs),
 				"reward": pytree.Scalar(float32(1)),
 				"done":   pytree.Scalar(uint8(0)),
@@ -140,14 +144,15 @@ func ExampleServer_Batches() {
 		panic(err)
 	}
 	defer srv.Close()
+	ctx := context.Background()
 	for step := range 5 {
-		if err := srv.Submit(stepSample(step)); err != nil {
+		if err := srv.Submit(ctx, stepSample(step)); err != nil {
 			panic(err)
 		}
 	}
 
 	batches := 0
-	for smp, err := range srv.Batches(context.Background()) {
+	for smp, err := range srv.Batches(ctx) {
 		if err != nil {
 			if !errors.Is(err, echo.ErrClosed) {
 				panic(err) // ctx done, or another failure
@@ -183,11 +188,12 @@ func ExampleServer_NewProducer() {
 	if err != nil {
 		panic(err)
 	}
+	ctx := context.Background()
 	done := make(chan error, 1)
 	go func() {
 		defer prod.Close() // what was sent is still delivered
 		for step := range 6 {
-			if err := prod.Send(stepSample(step)); err != nil {
+			if err := prod.Send(ctx, stepSample(step)); err != nil {
 				done <- err // echo.ErrClosed once the server is closed
 				return
 			}
@@ -196,7 +202,7 @@ func ExampleServer_NewProducer() {
 	}()
 
 	for range 2 {
-		smp, err := srv.Sample(context.Background())
+		smp, err := srv.Sample(ctx)
 		if err != nil {
 			panic(err)
 		}
@@ -248,11 +254,12 @@ func ExampleTrajectoryAccumulator() {
 	fmt.Println("steps", filled, "of", capacity, "full:", acc.Full())
 	// Build's tree is the accumulator's own buffers: send it before the
 	// next Add.
-	if err := srv.Submit(acc.Build()); err != nil {
+	ctx := context.Background()
+	if err := srv.Submit(ctx, acc.Build()); err != nil {
 		panic(err)
 	}
 
-	smp, err := srv.Sample(context.Background())
+	smp, err := srv.Sample(ctx)
 	if err != nil {
 		panic(err)
 	}
@@ -287,7 +294,7 @@ func ExampleClient_SendBatch() {
 	for i := range envs {
 		envs[i] = stepSample(10 + i)
 	}
-	if err := client.SendBatch(envs); err != nil {
+	if err := client.SendBatch(ctx, envs); err != nil {
 		panic(err)
 	}
 
@@ -319,8 +326,9 @@ func ExampleView() {
 		panic(err)
 	}
 	defer srv.Close()
+	ctx := context.Background()
 	for i := range 2 {
-		err := srv.Submit(map[string]any{
+		err := srv.Submit(ctx, map[string]any{
 			"obs": map[string]any{
 				"pos": pytree.MustOf([]float32{float32(i), 0}),
 				"vel": pytree.MustOf([]float32{0.5, float32(i)}),
@@ -331,7 +339,7 @@ func ExampleView() {
 			panic(err)
 		}
 	}
-	smp, err := srv.Sample(context.Background())
+	smp, err := srv.Sample(ctx)
 	if err != nil {
 		panic(err)
 	}

@@ -1,3 +1,5 @@
+//go:build linux
+
 package echo_test
 
 import (
@@ -339,7 +341,7 @@ func TestInteropPythonClientMeetsSharedSecret(t *testing.T) {
 	}
 	defer c.Close()
 	first := interopSample(t, example, 5, 0)
-	if err := c.Send(first); err != nil {
+	if err := c.Send(t.Context(), first); err != nil {
 		t.Fatal(err)
 	}
 	smp, err := s.Sample(ctx)
@@ -445,12 +447,12 @@ func TestInteropGoClientsFeedEchoServer(t *testing.T) {
 			if i == 0 {
 				short := interopSample(t, example, 0, 0).(map[string]any)
 				short["alpha"].(map[string]any)["u8"] = pytree.MustOf(make([]uint8, 4))
-				if err := c.Send(short); !errors.Is(err, echo.ErrSpecMismatch) {
+				if err := c.Send(t.Context(), short); !errors.Is(err, echo.ErrSpecMismatch) {
 					errc <- fmt.Errorf("short sample: %v, want ErrSpecMismatch", err)
 				}
 			}
 			for seq := range per {
-				if err := c.Send(interopSample(t, example, 100+i, seq)); err != nil {
+				if err := c.Send(t.Context(), interopSample(t, example, 100+i, seq)); err != nil {
 					errc <- err
 					return
 				}
@@ -496,7 +498,7 @@ func TestInteropEchoServerClosesUnderGoClient(t *testing.T) {
 	sendErr := make(chan error, 1)
 	go func() {
 		for seq := 0; ; seq++ {
-			if err := c.Send(interopSample(t, example, 5, seq)); err != nil {
+			if err := c.Send(t.Context(), interopSample(t, example, 5, seq)); err != nil {
 				sendErr <- err
 				return
 			}

@@ -1,3 +1,5 @@
+//go:build linux
+
 package echo_test
 
 import (
@@ -16,7 +18,7 @@ func takeNumbered(t *testing.T, n int) echo.Sample {
 	t.Helper()
 	s := newServer(t, n)
 	for seq := range n {
-		if err := s.Submit(numbered(3, seq)); err != nil {
+		if err := s.Submit(t.Context(), numbered(3, seq)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -134,7 +136,7 @@ func TestViewErrors(t *testing.T) {
 func TestViewRootLeaf(t *testing.T) {
 	s := newServerFor(t, pytree.MustOf([]float32{0, 0}), 2)
 	for i := range 2 {
-		if err := s.Submit(pytree.MustOf([]float32{float32(i), 1})); err != nil {
+		if err := s.Submit(t.Context(), pytree.MustOf([]float32{float32(i), 1})); err != nil {
 			t.Fatal(err)
 		}
 	}

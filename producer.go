@@ -1,6 +1,9 @@
+//go:build linux
+
 package echo
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -70,8 +73,14 @@ func (s *Server) directProducers() bool {
 // without burning a core and counts a PushBlockedCount; Close of the server
 // wakes it with ErrClosed.
 //
-// Send allocates nothing.
-func (p *Producer) Send(tree any) error {
+// If ctx is done before Send hands the sample over (on entry, or while it
+// waits for a free buffer or for ring space), Send returns an error
+// wrapping ctx's error and sends nothing; the producer stays usable, and
+// samples sent before still arrive, in order.
+//
+// Send allocates nothing, with context.Background() as with a cancellable
+// context.
+func (p *Producer) Send(ctx context.Context, tree any) error {
 	if p.closed {
 		return ErrProducerClosed
 	}
@@ -80,21 +89,28 @@ func (p *Producer) Send(tree any) error {
 		clear(p.leaves[:cap(p.leaves)]) // drop what the failed walk collected
 		return mismatchError(err)
 	}
+	defer clear(leaves) // keep none of the caller's arrays alive
 	if p.q == nil {
-		err := p.srv.write(leaves)
-		clear(leaves)
+		err := p.srv.write(ctx, leaves)
+		if err != nil && !errors.Is(err, ErrClosed) {
+			return fmt.Errorf("echo: send: %w", err)
+		}
 		return err // nil or ErrClosed
 	}
-	buf, err := p.q.Acquire()
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("echo: send: %w", err)
+	}
+	buf, err := p.q.Acquire(ctx)
 	if err != nil {
-		clear(leaves)
-		return ErrClosed
+		if errors.Is(err, tcp.ErrClosed) {
+			return ErrClosed
+		}
+		return fmt.Errorf("echo: send: %w", err)
 	}
 	off := 0
 	for _, l := range leaves {
 		off += copy(buf.Data[off:], l.Bytes())
 	}
-	clear(leaves) // keep none of the caller's arrays alive
 	p.q.Publish(buf)
 	return nil
 }

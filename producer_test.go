@@ -1,3 +1,5 @@
+//go:build linux
+
 package echo_test
 
 import (
@@ -26,7 +28,7 @@ func runProducers(t *testing.T, s *echo.Server, n, perProducer, batch int) echo.
 		wg.Go(func() {
 			defer prod.Close()
 			for seq := range perProducer {
-				if err := prod.Send(numbered(p, seq)); err != nil {
+				if err := prod.Send(t.Context(), numbered(p, seq)); err != nil {
 					t.Errorf("producer %d seq %d: %v", p, seq, err)
 					return
 				}
@@ -107,11 +109,11 @@ func TestProducerRejectsMismatchAndQueuesNothing(t *testing.T) {
 	defer prod.Close()
 	bad := numbered(1, 1)
 	bad["payload"] = pytree.MustOf(make([]uint8, 14))
-	if err := prod.Send(bad); !errors.Is(err, echo.ErrSpecMismatch) {
+	if err := prod.Send(t.Context(), bad); !errors.Is(err, echo.ErrSpecMismatch) {
 		t.Fatalf("Send = %v, want ErrSpecMismatch", err)
 	}
 	for seq := range 2 {
-		if err := prod.Send(numbered(1, seq)); err != nil {
+		if err := prod.Send(t.Context(), numbered(1, seq)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -147,14 +149,14 @@ func testProducerCloseMidStream(t *testing.T, route echo.Option) {
 			t.Fatal(err)
 		}
 		for seq := range n {
-			if err := prod.Send(numbered(p, seq)); err != nil {
+			if err := prod.Send(t.Context(), numbered(p, seq)); err != nil {
 				t.Fatal(err)
 			}
 		}
 		if err := prod.Close(); err != nil {
 			t.Fatal(err)
 		}
-		if err := prod.Send(numbered(p, n)); !errors.Is(err, echo.ErrProducerClosed) {
+		if err := prod.Send(t.Context(), numbered(p, n)); !errors.Is(err, echo.ErrProducerClosed) {
 			t.Fatalf("Send after Close = %v, want ErrProducerClosed", err)
 		}
 		total += n
@@ -172,7 +174,7 @@ func testProducerCloseMidStream(t *testing.T, route echo.Option) {
 		t.Fatal(err)
 	}
 	for seq := range batch - total {
-		if err := prod.Send(numbered(9, seq)); err != nil {
+		if err := prod.Send(t.Context(), numbered(9, seq)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -208,7 +210,7 @@ func testServerCloseWakesBlockedProducers(t *testing.T, route echo.Option) {
 		}
 		go func() {
 			for seq := 0; ; seq++ {
-				if err := prod.Send(numbered(p, seq)); err != nil {
+				if err := prod.Send(t.Context(), numbered(p, seq)); err != nil {
 					errs <- err
 					return
 				}
@@ -253,7 +255,7 @@ func TestParkedWorkerIsWoken(t *testing.T) {
 	}
 	for seq := range rounds {
 		time.Sleep(time.Millisecond) // the worker's spin ends and it parks
-		if err := prod.Send(numbered(3, seq)); err != nil {
+		if err := prod.Send(t.Context(), numbered(3, seq)); err != nil {
 			t.Fatal(err)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -284,7 +286,7 @@ func TestSendAfterServerCloseFails(t *testing.T) {
 			if err := s.Close(); err != nil {
 				t.Fatal(err)
 			}
-			if err := prod.Send(numbered(0, 0)); !errors.Is(err, echo.ErrClosed) {
+			if err := prod.Send(t.Context(), numbered(0, 0)); !errors.Is(err, echo.ErrClosed) {
 				t.Fatalf("Send after server Close = %v, want ErrClosed", err)
 			}
 		})
@@ -305,7 +307,7 @@ func TestResetHistogramsClearsOnlyTheWindow(t *testing.T) {
 	send := func(from int) echo.SampleInfo {
 		t.Helper()
 		for seq := from; seq < from+batch; seq++ {
-			if err := prod.Send(numbered(1, seq)); err != nil {
+			if err := prod.Send(t.Context(), numbered(1, seq)); err != nil {
 				t.Fatal(err)
 			}
 		}

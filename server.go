@@ -1,3 +1,5 @@
+//go:build linux
+
 package echo
 
 import (
@@ -17,6 +19,17 @@ import (
 	"github.com/seed-a9ef92a1/echo/pytree"
 	"github.com/seed-a9ef92a1/echo/ringbuf"
 	"github.com/seed-a9ef92a1/echo/tcp"
+)
+
+// Server errors. Each is wrapped with detail; test with errors.Is.
+var (
+	// ErrClosed is returned (wrapped) by every call on a closed server.
+	ErrClosed = errors.New("echo: server closed")
+	// ErrRingTooLarge is returned by NewServer when the ring of
+	// NumBuffers·batchSize samples does not fit in memory.
+	ErrRingTooLarge = ringbuf.ErrTooLarge
+	// ErrStarted is returned by a second call of Start.
+	ErrStarted = errors.New("echo: server already started")
 )
 
 // Server is the learner's side: it accepts samples matching its example and
@@ -230,8 +243,14 @@ func (s *Server) Memory() ringbuf.MemoryInfo { return s.ring.Memory() }
 // ErrSpecMismatch and writes nothing. When the ring is full Submit waits for
 // the consumer to release a batch; Close wakes it with ErrClosed.
 //
-// Submit is safe for concurrent use. It allocates nothing.
-func (s *Server) Submit(tree any) error {
+// If ctx is done before Submit claims a slot (on entry, or while it waits
+// for ring space), Submit returns an error wrapping ctx's error and writes
+// nothing; the server is unaffected. Once a slot is claimed the copy is not
+// interrupted.
+//
+// Submit is safe for concurrent use. It allocates nothing, with
+// context.Background() as with a cancellable context.
+func (s *Server) Submit(ctx context.Context, tree any) error {
 	bufp := s.scratch.Get().(*[]pytree.Array)
 	defer s.scratch.Put(bufp)
 	leaves, err := s.spec.FlattenInto(tree, *bufp)
@@ -239,15 +258,22 @@ func (s *Server) Submit(tree any) error {
 		clear((*bufp)[:cap(*bufp)]) // drop what the failed walk collected
 		return mismatchError(err)
 	}
-	err = s.write(leaves)
+	err = s.write(ctx, leaves)
 	clear(leaves) // the pooled buffer must not keep the caller's arrays alive
+	if err != nil && !errors.Is(err, ErrClosed) {
+		return fmt.Errorf("echo: submit: %w", err)
+	}
 	return err
 }
 
 // write claims one slot through the ring's writer loop and copies leaves
 // into it: the one-copy path of Submit and of producers of large samples.
-// It waits while the ring is full.
-func (s *Server) write(leaves []pytree.Array) error {
+// It waits while the ring is full, until ctx is done. It returns ErrClosed
+// or ctx's error, unwrapped.
+func (s *Server) write(ctx context.Context, leaves []pytree.Array) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	// Register, then check closed: Close sets closed, then waits for
 	// writers to reach zero, so either this check sees the close or Close
 	// sees this writer and waits for it to leave the ring memory.
@@ -256,9 +282,12 @@ func (s *Server) write(leaves []pytree.Array) error {
 	if s.closed.Load() {
 		return ErrClosed
 	}
-	res, err := s.ring.Claim(1)
+	res, err := s.ring.Claim(ctx, 1)
 	if err != nil {
-		return ErrClosed
+		if errors.Is(err, ringbuf.ErrClosed) {
+			return ErrClosed
+		}
+		return err // ctx's: no slot is held
 	}
 	for j, leaf := range leaves {
 		copy(s.ring.Slot(res.Start, j), leaf.Bytes())

@@ -1,3 +1,5 @@
+//go:build linux
+
 package echo_test
 
 import (
@@ -11,33 +13,9 @@ import (
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
-
 	"github.com/seed-a9ef92a1/echo"
 	"github.com/seed-a9ef92a1/echo/pytree"
 )
-
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-// numbered is a sample whose every byte derives from (producer, seq), with
-// nested dicts in unsorted key order and a tuple, so that a misplaced leaf
-// or a torn copy shows up.
-func numbered(producer, seq int) map[string]any {
-	id := []int64{int64(producer), int64(seq)}
-	payload := make([]uint8, 13)
-	for i := range payload {
-		payload[i] = byte(producer*31 + seq*7 + i)
-	}
-	return map[string]any{
-		"z_id":    pytree.MustOf(id),
-		"payload": pytree.MustOf(payload),
-		"nested": map[string]any{
-			"b": pytree.MustOf([]float32{float32(seq), float32(producer), -1}),
-			"a": pytree.Scalar(int32(seq ^ producer)),
-		},
-		"pair": pytree.Tuple{pytree.Scalar(uint16(seq)), nil},
-	}
-}
 
 func newServer(t testing.TB, batch int, opts ...echo.Option) *echo.Server {
 	t.Helper()
@@ -92,7 +70,7 @@ func TestConcurrentSubmitExactlyOnce(t *testing.T) {
 	for p := range producers {
 		wg.Go(func() {
 			for seq := range perProducer {
-				if err := s.Submit(numbered(p, seq)); err != nil {
+				if err := s.Submit(t.Context(), numbered(p, seq)); err != nil {
 					t.Errorf("producer %d seq %d: %v", p, seq, err)
 					return
 				}
@@ -131,7 +109,7 @@ func TestConcurrentSubmitExactlyOnce(t *testing.T) {
 func TestBatchShapesViewRing(t *testing.T) {
 	s := newServer(t, 4)
 	for seq := range 4 {
-		if err := s.Submit(numbered(1, seq)); err != nil {
+		if err := s.Submit(t.Context(), numbered(1, seq)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -164,7 +142,7 @@ func TestCopyOutlivesNextSample(t *testing.T) {
 	// One-sample batches in two slabs: every batch overwrites the slab of
 	// the batch before the last.
 	s := newServer(t, 1, echo.WithNumBuffers(2))
-	if err := s.Submit(numbered(2, 0)); err != nil {
+	if err := s.Submit(t.Context(), numbered(2, 0)); err != nil {
 		t.Fatal(err)
 	}
 	var kept []echo.Sample
@@ -176,7 +154,7 @@ func TestCopyOutlivesNextSample(t *testing.T) {
 		if len(kept) == 6 {
 			break
 		}
-		if err := s.Submit(numbered(2, len(kept))); err != nil {
+		if err := s.Submit(t.Context(), numbered(2, len(kept))); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -193,7 +171,7 @@ func TestCopyOutlivesNextSample(t *testing.T) {
 func TestRefillRestoresEditedBatch(t *testing.T) {
 	s := newServer(t, 1, echo.WithNumBuffers(2))
 	for round := range 4 {
-		if err := s.Submit(numbered(3, round)); err != nil {
+		if err := s.Submit(t.Context(), numbered(3, round)); err != nil {
 			t.Fatal(err)
 		}
 		smp, err := s.Sample(context.Background())
@@ -217,7 +195,7 @@ func TestSingleArrayExample(t *testing.T) {
 	s := newServerFor(t, pytree.MustOf(make([]int32, 3)), 2, echo.WithNumBuffers(2))
 	for round := range 4 { // every slab twice
 		for i := range 2 {
-			if err := s.Submit(pytree.MustOf([]int32{int32(round), int32(i), 7})); err != nil {
+			if err := s.Submit(t.Context(), pytree.MustOf([]int32{int32(round), int32(i), 7})); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -258,7 +236,7 @@ func TestSpecMismatchWritesNothing(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			m := numbered(7, 7)
 			tc.edit(m)
-			err := s.Submit(m)
+			err := s.Submit(t.Context(), m)
 			if !errors.Is(err, echo.ErrSpecMismatch) {
 				t.Fatalf("Submit = %v, want ErrSpecMismatch", err)
 			}
@@ -267,13 +245,13 @@ func TestSpecMismatchWritesNothing(t *testing.T) {
 			}
 		})
 	}
-	if err := s.Submit(nil); !errors.Is(err, echo.ErrSpecMismatch) {
+	if err := s.Submit(t.Context(), nil); !errors.Is(err, echo.ErrSpecMismatch) {
 		t.Errorf("Submit(nil) = %v, want ErrSpecMismatch", err)
 	}
 	// Nothing of the bad samples reached the ring: the first batch holds
 	// exactly the next two good ones.
 	for seq := range 2 {
-		if err := s.Submit(numbered(4, seq)); err != nil {
+		if err := s.Submit(t.Context(), numbered(4, seq)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -296,7 +274,7 @@ func TestMismatchMessageNamesPathAndValues(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	err = s.Submit(map[string]any{"obs": map[string]any{"radars": pytree.MustOf(make([]float32, 48), 8, 6)}})
+	err = s.Submit(t.Context(), map[string]any{"obs": map[string]any{"radars": pytree.MustOf(make([]float32, 48), 8, 6)}})
 	want := "echo: spec mismatch: obs/radars: shape [8 6], expected [8 5]"
 	if err == nil || err.Error() != want {
 		t.Fatalf("Submit error %q, want %q", err, want)
@@ -347,7 +325,7 @@ func TestCloseWakesBlockedSample(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectClosed(t, errc, "blocked Sample")
-	if err := s.Submit(numbered(0, 0)); !errors.Is(err, echo.ErrClosed) {
+	if err := s.Submit(t.Context(), numbered(0, 0)); !errors.Is(err, echo.ErrClosed) {
 		t.Errorf("Submit after Close = %v, want ErrClosed", err)
 	}
 	if err := s.Start(); !errors.Is(err, echo.ErrClosed) {
@@ -358,12 +336,12 @@ func TestCloseWakesBlockedSample(t *testing.T) {
 func TestCloseWakesSubmitOnFullRing(t *testing.T) {
 	s := newServer(t, 2, echo.WithNumBuffers(2))
 	for seq := range 4 {
-		if err := s.Submit(numbered(0, seq)); err != nil {
+		if err := s.Submit(t.Context(), numbered(0, seq)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	errc := make(chan error)
-	go func() { errc <- s.Submit(numbered(0, 4)) }()
+	go func() { errc <- s.Submit(t.Context(), numbered(0, 4)) }()
 	time.Sleep(20 * time.Millisecond)
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
@@ -374,12 +352,12 @@ func TestCloseWakesSubmitOnFullRing(t *testing.T) {
 func TestFullRingBlocksThenResumes(t *testing.T) {
 	s := newServer(t, 2, echo.WithNumBuffers(2))
 	for seq := range 4 {
-		if err := s.Submit(numbered(0, seq)); err != nil {
+		if err := s.Submit(t.Context(), numbered(0, seq)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	done := make(chan error)
-	go func() { done <- s.Submit(numbered(0, 4)) }()
+	go func() { done <- s.Submit(t.Context(), numbered(0, 4)) }()
 	select {
 	case err := <-done:
 		t.Fatalf("Submit into a full ring returned %v without waiting", err)
@@ -406,7 +384,7 @@ func TestCloseWhileHoldingBatchDefersUnmap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Submit(numbered(5, 5)); err != nil {
+	if err := s.Submit(t.Context(), numbered(5, 5)); err != nil {
 		t.Fatal(err)
 	}
 	smp, err := s.Sample(context.Background())
@@ -447,7 +425,7 @@ func TestStartTwice(t *testing.T) {
 func TestBatchesEndsOnClose(t *testing.T) {
 	s := newServer(t, 1)
 	for seq := range 3 {
-		if err := s.Submit(numbered(6, seq)); err != nil {
+		if err := s.Submit(t.Context(), numbered(6, seq)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -478,7 +456,7 @@ func TestBatchesEndsOnClose(t *testing.T) {
 
 func TestBatchesEndsWithContext(t *testing.T) {
 	s := newServer(t, 1)
-	if err := s.Submit(numbered(7, 0)); err != nil {
+	if err := s.Submit(t.Context(), numbered(7, 0)); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -507,7 +485,7 @@ func TestBatchesEndsWithContext(t *testing.T) {
 func TestCloseDropsWhatIsNotTaken(t *testing.T) {
 	s := newServer(t, 2)
 	for seq := range 5 {
-		if err := s.Submit(numbered(8, seq)); err != nil {
+		if err := s.Submit(t.Context(), numbered(8, seq)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -567,7 +545,7 @@ func TestPublishExpvar(t *testing.T) {
 		t.Fatal("publishing the same name twice succeeded")
 	}
 	for seq := range 4 {
-		if err := s.Submit(numbered(0, seq)); err != nil {
+		if err := s.Submit(t.Context(), numbered(0, seq)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -585,5 +563,32 @@ func TestPublishExpvar(t *testing.T) {
 	}
 	if got.Batches != 2 || got.Last.SamplesInsertedTotal != 4 || got.Last.NotifyCount != 2 {
 		t.Fatalf("expvar says %+v, want 2 batches, 4 samples inserted, 2 notifies", got)
+	}
+}
+
+// TestTrajectoryFeedsServer sends built trajectories through a server.
+func TestTrajectoryFeedsServer(t *testing.T) {
+	ex := trajectoryExample(t)
+	s := newServerFor(t, ex, 2)
+	acc, err := echo.NewTrajectoryAccumulator(ex)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		for k := range 3 {
+			acc.Add("steps", map[string]any{"obs": pytree.MustOf(make([]float32, 4)), "reward": pytree.Scalar(float32(i*3 + k))})
+		}
+		acc.Add("episode", map[string]any{"return": pytree.Scalar(float64(i)), "seed": pytree.MustOf([]int64{0, 0})})
+		if err := s.Submit(t.Context(), acc.Build()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	smp, err := s.Sample(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rew, _ := smp.Batch.(map[string]any)["steps"].(map[string]any)["reward"].(pytree.Array).Float32()
+	if !slices.Equal(rew, []float32{0, 1, 2, 3, 4, 5}) {
+		t.Fatalf("rewards in the batch: %v", rew)
 	}
 }

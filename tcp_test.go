@@ -1,3 +1,5 @@
+//go:build linux
+
 package echo_test
 
 import (
@@ -29,19 +31,6 @@ func startTCP(t testing.TB, batch int, opts ...echo.Option) *echo.Server {
 		t.Fatal(err)
 	}
 	return s
-}
-
-// wireBytes is numbered(p, seq) as it crosses the wire.
-func wireBytes(p, seq int) []byte {
-	leaves, _, err := pytree.Flatten(numbered(p, seq))
-	if err != nil {
-		panic(err)
-	}
-	var b []byte
-	for _, a := range leaves {
-		b = append(b, a.Bytes()...)
-	}
-	return b
 }
 
 // rawDial connects without the client and checks the handshake, for tests
@@ -195,7 +184,7 @@ func sendAll(t *testing.T, addr string, first, n, perClient int, opts ...echo.Cl
 			}
 			defer c.Close()
 			for seq := range perClient {
-				if err := c.Send(numbered(first+i, seq)); err != nil {
+				if err := c.Send(t.Context(), numbered(first+i, seq)); err != nil {
 					errc <- fmt.Errorf("client %d seq %d: %w", first+i, seq, err)
 					return
 				}
@@ -304,57 +293,6 @@ func TestDialSpecMismatch(t *testing.T) {
 	l.expectAll(t, []int{0}, 2)
 }
 
-func TestDialNotAnEchoServer(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for i := 0; ; i++ {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			if i == 0 {
-				c.Write([]byte("HTTP/1.1 400 Bad Request\r\n\r\n"))
-			} else {
-				c.Write([]byte("ECHO\x02\x00\x00\x00\x00"))
-			}
-			c.Close()
-		}
-	}()
-	_, err = echo.Dial(context.Background(), ln.Addr().String(), numbered(0, 0))
-	if !errors.Is(err, echo.ErrBadMagic) {
-		t.Fatalf("Dial of an HTTP server: %v, want ErrBadMagic", err)
-	}
-	_, err = echo.Dial(context.Background(), ln.Addr().String(), numbered(0, 0))
-	if !errors.Is(err, echo.ErrVersion) {
-		t.Fatalf("Dial of a version-2 server: %v, want ErrVersion", err)
-	}
-}
-
-func TestDialHonoursContext(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		c, err := ln.Accept()
-		if err == nil {
-			defer c.Close()
-			io.Copy(io.Discard, c) // never sends a handshake
-		}
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel()
-	_, err = echo.Dial(ctx, ln.Addr().String(), numbered(0, 0))
-	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("Dial against a silent server: %v, want DeadlineExceeded", err)
-	}
-}
-
 func TestSendWrongPayloadSendsNothing(t *testing.T) {
 	s := startTCP(t, 1)
 	c, err := echo.Dial(context.Background(), s.Addr().String(), numbered(0, 0))
@@ -364,16 +302,16 @@ func TestSendWrongPayloadSendsNothing(t *testing.T) {
 	defer c.Close()
 	short := numbered(1, 0)
 	short["payload"] = pytree.MustOf(make([]uint8, 12))
-	if err := c.Send(short); !errors.Is(err, echo.ErrSpecMismatch) || errors.Is(err, echo.ErrPayloadSize) {
+	if err := c.Send(t.Context(), short); !errors.Is(err, echo.ErrSpecMismatch) || errors.Is(err, echo.ErrPayloadSize) {
 		t.Fatalf("Send of a short sample: %v, want ErrSpecMismatch", err)
 	}
 	// Same size, another dtype: the wire cannot tell, the client can.
 	retyped := numbered(1, 0)
 	retyped["nested"].(map[string]any)["a"] = pytree.Scalar(float32(0))
-	if err := c.Send(retyped); !errors.Is(err, echo.ErrSpecMismatch) {
+	if err := c.Send(t.Context(), retyped); !errors.Is(err, echo.ErrSpecMismatch) {
 		t.Fatalf("Send of a float32 for an int32 leaf: %v, want ErrSpecMismatch", err)
 	}
-	if err := c.Send(numbered(1, 1)); err != nil {
+	if err := c.Send(t.Context(), numbered(1, 1)); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Wait(context.Background()); err != nil {
@@ -441,7 +379,7 @@ func TestServerCloseUnderSendingClients(t *testing.T) {
 	for i, c := range clients {
 		go func() {
 			for seq := 0; ; seq++ {
-				if err := c.Send(numbered(i, seq)); err != nil {
+				if err := c.Send(t.Context(), numbered(i, seq)); err != nil {
 					errc <- err
 					return
 				}
@@ -481,7 +419,7 @@ func TestClientCloseIsIdempotent(t *testing.T) {
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Send(numbered(0, 0)); !errors.Is(err, echo.ErrConnectionClosed) {
+	if err := c.Send(t.Context(), numbered(0, 0)); !errors.Is(err, echo.ErrConnectionClosed) {
 		t.Fatalf("Send after Close: %v, want ErrConnectionClosed", err)
 	}
 }
@@ -497,12 +435,12 @@ func TestMaxInflightBoundsSend(t *testing.T) {
 	defer c.Close()
 	// The ring takes 2 samples; the socket holds the rest, unacked.
 	for seq := range 5 {
-		if err := c.Send(numbered(0, seq)); err != nil {
+		if err := c.Send(t.Context(), numbered(0, seq)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	sent := make(chan error, 1)
-	go func() { sent <- c.Send(numbered(0, 5)) }()
+	go func() { sent <- c.Send(t.Context(), numbered(0, 5)) }()
 	// Acks for the 2 ring samples free 2 tokens: sends 3 and 4 went, the
 	// sixth must wait until the consumer frees a slot.
 	deadline := time.Now().Add(10 * time.Second)
@@ -584,7 +522,7 @@ func TestLargeSampleStaged(t *testing.T) {
 				for k := range blob {
 					blob[k] = byte(i*101 + seq*13 + k*7)
 				}
-				err := c.Send(map[string]any{"id": pytree.MustOf([]int64{int64(i), int64(seq)}), "blob": pytree.MustOf(blob)})
+				err := c.Send(t.Context(), map[string]any{"id": pytree.MustOf([]int64{int64(i), int64(seq)}), "blob": pytree.MustOf(blob)})
 				if err != nil {
 					errc <- err
 					return
@@ -694,17 +632,17 @@ func TestSendBatch(t *testing.T) {
 			trees[i] = numbered(3, seq)
 			seq++
 		}
-		if err := c.SendBatch(trees); err != nil {
+		if err := c.SendBatch(t.Context(), trees); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// A bad tree anywhere refuses the whole call.
 	bad := numbered(3, seq)
 	bad["payload"] = pytree.MustOf(make([]uint8, 2))
-	if err := c.SendBatch([]any{numbered(3, seq), bad}); !errors.Is(err, echo.ErrSpecMismatch) || !strings.Contains(err.Error(), "tree 1") {
+	if err := c.SendBatch(t.Context(), []any{numbered(3, seq), bad}); !errors.Is(err, echo.ErrSpecMismatch) || !strings.Contains(err.Error(), "tree 1") {
 		t.Fatalf("SendBatch with a short tree: %v, want ErrSpecMismatch naming tree 1", err)
 	}
-	if err := c.SendBatch([]any{numbered(3, seq), numbered(3, seq+1), numbered(3, seq+2)}); err != nil {
+	if err := c.SendBatch(t.Context(), []any{numbered(3, seq), numbered(3, seq+1), numbered(3, seq+2)}); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Wait(context.Background()); err != nil {
@@ -725,7 +663,7 @@ func TestDialWhileRingFull(t *testing.T) {
 	}
 	defer first.Close()
 	for seq := range 5 { // 2 fill the ring, 3 wait in the socket
-		if err := first.Send(numbered(0, seq)); err != nil {
+		if err := first.Send(t.Context(), numbered(0, seq)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -737,7 +675,7 @@ func TestDialWhileRingFull(t *testing.T) {
 		t.Fatalf("Dial while the only worker waits on a full ring: %v", err)
 	}
 	defer second.Close()
-	if err := second.Send(numbered(1, 0)); err != nil {
+	if err := second.Send(t.Context(), numbered(1, 0)); err != nil {
 		t.Fatal(err)
 	}
 	l := newLedger()
@@ -786,7 +724,7 @@ func TestClientsLeavingDuringHandshake(t *testing.T) {
 	defer cancel()
 	for seq := 0; smp.Info.ActiveConnections > 2; seq++ {
 		for range 4 {
-			if err := s.Submit(numbered(9, seq)); err != nil {
+			if err := s.Submit(t.Context(), numbered(9, seq)); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -884,7 +822,7 @@ func TestZeroByteLeafAndFullReadv(t *testing.T) {
 		b[0], b[1] = byte(i), byte(i>>8)
 		trees[i] = map[string]any{"a": pytree.MustOf(b), "empty": empty}
 	}
-	if err := c.SendBatch(trees); err != nil { // one writev of all of them
+	if err := c.SendBatch(t.Context(), trees); err != nil { // one writev of all of them
 		t.Fatal(err)
 	}
 	smp, err := s.Sample(context.Background())
@@ -964,7 +902,7 @@ func TestConcurrentWaits(t *testing.T) {
 	defer c.Close()
 	for round := range 50 {
 		for seq := range 8 {
-			if err := c.Send(numbered(0, round*8+seq)); err != nil {
+			if err := c.Send(t.Context(), numbered(0, round*8+seq)); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -1000,7 +938,7 @@ func TestMaxConnections(t *testing.T) {
 	}
 	// The two admitted clients are unharmed.
 	for i, c := range kept {
-		if err := c.Send(numbered(i, 0)); err != nil {
+		if err := c.Send(t.Context(), numbered(i, 0)); err != nil {
 			t.Fatal(err)
 		}
 		if err := c.Wait(ctx); err != nil {

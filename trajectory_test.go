@@ -166,29 +166,42 @@ func TestTrajectoryRefusals(t *testing.T) {
 	}
 }
 
-// TestTrajectoryFeedsServer sends built trajectories through a server.
-func TestTrajectoryFeedsServer(t *testing.T) {
+// TestTrajectoryFeedsClient sends built trajectories through a Client, on
+// every OS: each arrives as the bytes of the built tree.
+func TestTrajectoryFeedsClient(t *testing.T) {
 	ex := trajectoryExample(t)
-	s := newServerFor(t, ex, 2)
+	f := newFakeServer(t, ex, fakeOptions{})
+	c := dialFake(t, f, ex)
 	acc, err := echo.NewTrajectoryAccumulator(ex)
 	if err != nil {
 		t.Fatal(err)
 	}
+	var want [][]byte
 	for i := range 2 {
 		for k := range 3 {
-			acc.Add("steps", map[string]any{"obs": pytree.MustOf(make([]float32, 4)), "reward": pytree.Scalar(float32(i*3 + k))})
+			if err := acc.Add("steps", map[string]any{"obs": pytree.MustOf(make([]float32, 4)), "reward": pytree.Scalar(float32(i*3 + k))}); err != nil {
+				t.Fatal(err)
+			}
 		}
-		acc.Add("episode", map[string]any{"return": pytree.Scalar(float64(i)), "seed": pytree.MustOf([]int64{0, 0})})
-		if err := s.Submit(acc.Build()); err != nil {
+		if err := acc.Add("episode", map[string]any{"return": pytree.Scalar(float64(i)), "seed": pytree.MustOf([]int64{int64(i), 7})}); err != nil {
+			t.Fatal(err)
+		}
+		tree := acc.Build()
+		leaves, _, err := pytree.Flatten(tree)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b []byte
+		for _, a := range leaves {
+			b = append(b, a.Bytes()...)
+		}
+		want = append(want, b)
+		if err := c.Send(t.Context(), tree); err != nil {
 			t.Fatal(err)
 		}
 	}
-	smp, err := s.Sample(t.Context())
-	if err != nil {
+	if err := c.Wait(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	rew, _ := smp.Batch.(map[string]any)["steps"].(map[string]any)["reward"].(pytree.Array).Float32()
-	if !slices.Equal(rew, []float32{0, 1, 2, 3, 4, 5}) {
-		t.Fatalf("rewards in the batch: %v", rew)
-	}
+	f.expect(t, want...)
 }

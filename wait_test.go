@@ -1,3 +1,5 @@
+//go:build linux
+
 package echo_test
 
 import (
@@ -37,7 +39,7 @@ func TestWaitStrategiesExactlyOnce(t *testing.T) {
 					}
 					defer prod.Close()
 					for seq := range per {
-						if err := prod.Send(numbered(clients+p, seq)); err != nil {
+						if err := prod.Send(t.Context(), numbered(clients+p, seq)); err != nil {
 							t.Error(err)
 							return
 						}
@@ -71,7 +73,7 @@ func TestWaitStrategiesCloseWakesEveryone(t *testing.T) {
 			if err := s.Start(); err != nil {
 				t.Fatal(err)
 			}
-			if err := s.Submit(numbered(0, 0)); err != nil { // a batch that never fills
+			if err := s.Submit(t.Context(), numbered(0, 0)); err != nil { // a batch that never fills
 				t.Fatal(err)
 			}
 			done := make(chan error, 1)

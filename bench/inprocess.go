@@ -25,7 +25,7 @@ func SubmitSample(b *testing.B, w Workload, opts ...echo.Option) {
 	b.ReportAllocs()
 	for b.Loop() {
 		for range w.BatchSize {
-			if err := s.Submit(sample); err != nil {
+			if err := s.Submit(ctx, sample); err != nil {
 				b.Fatal(err)
 			}
 		}

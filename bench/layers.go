@@ -82,7 +82,7 @@ func ClientSend(b *testing.B, w Workload) {
 	b.ReportAllocs()
 	n := 0
 	for b.Loop() {
-		if err := c.Send(sample); err != nil {
+		if err := c.Send(ctx, sample); err != nil {
 			b.Fatal(err)
 		}
 		n++
@@ -330,7 +330,7 @@ func runLatency(batch, n int, rate float64) (float64, []int64, error) {
 				}
 			}
 			stamp[0] = int64(time.Since(epoch))
-			if err := c.Send(sample); err != nil {
+			if err := c.Send(ctx, sample); err != nil {
 				sendErr <- err
 				return
 			}

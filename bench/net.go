@@ -254,7 +254,7 @@ func reserve(r *ringbuf.Ring) (ringbuf.Reservation, bool) {
 		if ok {
 			return res, true
 		}
-		if r.WaitSpace() != nil {
+		if r.WaitSpace(context.Background()) != nil { // until Close
 			return res, false
 		}
 	}
@@ -298,10 +298,10 @@ func SendAll(ctx context.Context, clients []*echo.Client, sample any, perClient,
 			for k := 0; k < perClient; {
 				var err error
 				if g := min(len(trees), perClient-k); g == 1 {
-					err = c.Send(sample)
+					err = c.Send(ctx, sample)
 					k++
 				} else {
-					err = c.SendBatch(trees[:g])
+					err = c.SendBatch(ctx, trees[:g])
 					k += g
 				}
 				if err != nil {

@@ -25,7 +25,8 @@ func Producers(b *testing.B, w Workload, n int, opts ...echo.Option) {
 		sample := w.MustSample(byte(p))
 		wg.Go(func() {
 			defer prod.Close()
-			for prod.Send(sample) == nil {
+			ctx := context.Background()
+			for prod.Send(ctx, sample) == nil {
 			}
 		})
 	}
@@ -75,7 +76,8 @@ func SubmitParallel(b *testing.B, w Workload, n int) {
 	for p := range n {
 		sample := w.MustSample(byte(p))
 		wg.Go(func() {
-			for s.Submit(sample) == nil {
+			ctx := context.Background()
+			for s.Submit(ctx, sample) == nil {
 			}
 		})
 	}

@@ -442,7 +442,7 @@ func ProducerLatency(ws echo.WaitStrategy, batch int, rate float64, n int) (Late
 	for i := range n {
 		pace(start, i, rate)
 		ts[0] = Monotonic()
-		if err := prod.Send(sample); err != nil {
+		if err := prod.Send(context.Background(), sample); err != nil {
 			return LatencyReport{}, err
 		}
 	}

@@ -94,7 +94,7 @@ func FuzzLiveAuth(f *testing.F) {
 		}
 		defer honest.Close()
 		mark := map[string]any{"a": pytree.MustOf([]int64{-42}), "b": pytree.MustOf([]uint8{1, 2, 3, 4, 5, 6, 7, 8})}
-		if err := honest.Send(mark); err != nil {
+		if err := honest.Send(t.Context(), mark); err != nil {
 			t.Fatal(err)
 		}
 		smp, err := s.Sample(ctx)

@@ -13,7 +13,7 @@ import (
 func fill(t *testing.T, r *Ring) {
 	t.Helper()
 	for range r.NumSlabs() {
-		res, err := r.Claim(r.BatchSize())
+		res, err := r.Claim(context.Background(), r.BatchSize())
 		if err != nil || res.N != r.BatchSize() {
 			t.Fatalf("Claim(%d) = %+v, %v", r.BatchSize(), res, err)
 		}
@@ -27,14 +27,14 @@ type claimResult struct {
 	err error
 }
 
-// blockedClaim starts Claim(want) on a full ring and returns once it has
-// counted itself blocked, with the result to come.
-func blockedClaim(t *testing.T, r *Ring, want int) chan claimResult {
+// blockedClaim starts Claim(ctx, want) on a full ring and returns once it
+// has counted itself blocked, with the result to come.
+func blockedClaim(t *testing.T, ctx context.Context, r *Ring, want int) chan claimResult {
 	t.Helper()
 	before := r.blocked.Load()
 	done := make(chan claimResult, 1)
 	go func() {
-		res, err := r.Claim(want)
+		res, err := r.Claim(ctx, want)
 		done <- claimResult{res, err}
 	}()
 	deadline := time.Now().Add(10 * time.Second)
@@ -49,11 +49,28 @@ func blockedClaim(t *testing.T, r *Ring, want int) chan claimResult {
 
 // TestClaimWaitsForSpace checks that Claim on a full ring counts itself
 // blocked once, waits until the consumer gives a slab back, and then reserves from
-// it; and that the writer counters say so.
+// it; and that the writer counters say so. Both kinds of wait: a ctx that
+// is never done, and one that could be.
 func TestClaimWaitsForSpace(t *testing.T) {
+	forEachContext(t, testClaimWaitsForSpace)
+}
+
+// forEachContext runs test with context.Background(), whose wait is the
+// condition variable's, and with a cancellable context never cancelled,
+// whose wait is the pooled waiter's.
+func forEachContext(t *testing.T, test func(*testing.T, context.Context)) {
+	t.Run("background", func(t *testing.T) { test(t, context.Background()) })
+	t.Run("cancellable", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		test(t, ctx)
+	})
+}
+
+func testClaimWaitsForSpace(t *testing.T, wctx context.Context) {
 	r := mustNew(t, Layout{BatchSize: 2, NumSlabs: 2, LeafBytes: []int{8}, Detailed: true})
 	fill(t, r)
-	done := blockedClaim(t, r, 3)
+	done := blockedClaim(t, wctx, r, 3)
 	select {
 	case c := <-done:
 		t.Fatalf("Claim on a full ring returned %+v, %v", c.res, c.err)
@@ -86,9 +103,13 @@ func TestClaimWaitsForSpace(t *testing.T) {
 // space, and that Claim on a closed ring fails at once without counting a
 // blocked claim.
 func TestClaimReturnsErrClosed(t *testing.T) {
+	forEachContext(t, testClaimReturnsErrClosed)
+}
+
+func testClaimReturnsErrClosed(t *testing.T, wctx context.Context) {
 	r := mustNew(t, Layout{BatchSize: 2, NumSlabs: 2, LeafBytes: []int{8}})
 	fill(t, r)
-	done := blockedClaim(t, r, 1)
+	done := blockedClaim(t, wctx, r, 1)
 	r.Close()
 	select {
 	case c := <-done:
@@ -101,13 +122,13 @@ func TestClaimReturnsErrClosed(t *testing.T) {
 
 	r2 := mustNew(t, Layout{BatchSize: 2, NumSlabs: 2, LeafBytes: []int{8}})
 	r2.Close()
-	if _, err := r2.Claim(1); !errors.Is(err, ErrClosed) {
+	if _, err := r2.Claim(wctx, 1); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Claim on a closed ring = %v, want ErrClosed", err)
 	}
 	if r2.Stats().Blocked != 0 {
 		t.Error("Claim on a closed, empty ring counted itself blocked")
 	}
-	if err := r2.WaitSpace(); !errors.Is(err, ErrClosed) {
+	if err := r2.WaitSpace(wctx); !errors.Is(err, ErrClosed) {
 		t.Fatalf("WaitSpace on a closed ring = %v, want ErrClosed", err)
 	}
 }
@@ -121,10 +142,18 @@ func TestClaimCounters(t *testing.T) {
 	run := func(detailed bool) Stats {
 		r := mustNew(t, Layout{BatchSize: batch, NumSlabs: 4, LeafBytes: []int{1}, Detailed: detailed})
 		var wg sync.WaitGroup
-		for range writers {
+		live, stop := context.WithCancel(context.Background())
+		defer stop()
+		for i := range writers {
+			// Half the writers wait on the condition variable, half on
+			// pooled waiters: both kinds wake.
+			wctx := context.Background()
+			if i%2 == 1 {
+				wctx = live
+			}
 			wg.Go(func() {
 				for range perWriter {
-					res, err := r.Claim(1)
+					res, err := r.Claim(wctx, 1)
 					if err != nil {
 						t.Error(err)
 						return
@@ -170,5 +199,55 @@ func TestClaimCounters(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("no CAS failure counted in 5s of %d racing writers", writers)
 		}
+	}
+}
+
+// TestClaimHonoursContext: a Claim waiting on a full ring returns ctx's
+// error once ctx ends, holding no slot and leaving no waiter behind; the
+// ring then serves the next claim as if the cancelled one had never been.
+func TestClaimHonoursContext(t *testing.T) {
+	r := mustNew(t, Layout{BatchSize: 2, NumSlabs: 2, LeafBytes: []int{8}})
+	fill(t, r)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := blockedClaim(t, ctx, r, 1)
+	cancel()
+	select {
+	case c := <-done:
+		if !errors.Is(c.err, context.Canceled) || c.res != (Reservation{}) {
+			t.Fatalf("Claim through cancel = %+v, %v; want context.Canceled and no slot", c.res, c.err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Claim still waiting 10s after its context was cancelled")
+	}
+	if n := r.spaceWaiters.Load(); n != 0 {
+		t.Fatalf("%d space waiters left after the cancelled claim", n)
+	}
+	r.spaceMu.Lock()
+	left := len(r.wakers)
+	r.spaceMu.Unlock()
+	if left != 0 {
+		t.Fatalf("%d wakers left after the cancelled claim", left)
+	}
+	// A context done before the call: no wait at all.
+	if _, err := r.Claim(ctx, 1); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Claim with a cancelled context on a full ring = %v, want context.Canceled", err)
+	}
+
+	// The next claim waits and gets the first slot the consumer frees.
+	live, stop := context.WithCancel(context.Background())
+	defer stop()
+	next := blockedClaim(t, live, r, 1)
+	for range 2 { // hold slab 0, then give it back
+		if _, err := r.Next(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case c := <-next:
+		if c.err != nil || c.res != (Reservation{Start: 4, N: 1}) {
+			t.Fatalf("Claim after the cancelled one = %+v, %v; want slot 4", c.res, c.err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Claim still waiting 10s after a slab was released")
 	}
 }

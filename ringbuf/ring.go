@@ -409,11 +409,12 @@ func (r *Ring) NotifySpace(w Waker) bool {
 // Claim is the one writer loop for writers that may block: it claims up to
 // want slots (TryClaim), waiting while the ring is full (WaitSpace), and
 // keeps the writer counters: a claim that waits counts once in Blocked.
-// Claim returns ErrClosed once the ring is closed. Every reservation it
-// returns must be committed.
+// Claim returns ErrClosed once the ring is closed, and ctx's error if ctx
+// is done before a slot is free; either way it holds no slot. Every
+// reservation it returns must be committed.
 //
 // Claim may be called by any number of writers at once.
-func (r *Ring) Claim(want int) (Reservation, error) {
+func (r *Ring) Claim(ctx context.Context, want int) (Reservation, error) {
 	blocked := false
 	for {
 		if res, ok := r.TryClaim(want); ok {
@@ -429,7 +430,7 @@ func (r *Ring) Claim(want int) (Reservation, error) {
 		if r.detailed {
 			r.retries.Add(1)
 		}
-		if err := r.WaitSpace(); err != nil {
+		if err := r.WaitSpace(ctx); err != nil {
 			return Reservation{}, err
 		}
 	}
@@ -585,9 +586,17 @@ func (r *Ring) Release() {
 }
 
 // WaitSpace blocks until the ring has a free slot or is closed; it returns
-// ErrClosed in the latter case. Writers call it after Reserve found the ring
-// full.
-func (r *Ring) WaitSpace() error {
+// ErrClosed in the latter case, and ctx's error if ctx is done first.
+// Writers call it after Reserve found the ring full.
+//
+// With a ctx that is never done (ctx.Done() == nil, as for
+// context.Background()) it waits on a condition variable; otherwise on a
+// pooled channel registered like a Waker, so that it can also watch ctx.
+// Neither allocates once warm.
+func (r *Ring) WaitSpace(ctx context.Context) error {
+	if ctx.Done() != nil {
+		return r.waitSpaceOrDone(ctx)
+	}
 	r.spaceMu.Lock()
 	defer r.spaceMu.Unlock()
 	// Registering before the check pairs with Release's advance-then-load:
@@ -601,6 +610,66 @@ func (r *Ring) WaitSpace() error {
 		return ErrClosed
 	}
 	return nil
+}
+
+// spaceWaiter is WaitSpace's Waker for a cancellable wait: wakeSpace sends
+// one token, under spaceMu, and drops it from the wakers.
+type spaceWaiter struct{ c chan struct{} } // capacity 1
+
+func (w *spaceWaiter) Wake() {
+	select {
+	case w.c <- struct{}{}:
+	default:
+	}
+}
+
+// spaceWaiterPool holds idle *spaceWaiter, each with an empty channel.
+var spaceWaiterPool = sync.Pool{New: func() any { return &spaceWaiter{c: make(chan struct{}, 1)} }}
+
+// waitSpaceOrDone is WaitSpace for a ctx that may end. It registers a
+// pooled waiter as NotifySpace registers a Waker (without counting a
+// blocked writer: Claim does that), then waits for its token, Close or
+// ctx. A waiter that leaves without its token takes itself off the list
+// under spaceMu, where wakeSpace sends, so no token is left behind in a
+// channel that goes back to the pool.
+func (r *Ring) waitSpaceOrDone(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	w := spaceWaiterPool.Get().(*spaceWaiter)
+	defer spaceWaiterPool.Put(w)
+	r.spaceMu.Lock()
+	// Registering before the check pairs with Release's advance-then-load,
+	// as in WaitSpace.
+	r.spaceWaiters.Add(1)
+	if r.closed.Load() || r.write.v.Load() != r.released.v.Load()+r.capacity || r.nReturned.Load() > 0 {
+		r.spaceWaiters.Add(-1)
+		r.spaceMu.Unlock()
+		if r.closed.Load() {
+			return ErrClosed
+		}
+		return nil
+	}
+	r.wakers = append(r.wakers, w)
+	r.spaceMu.Unlock()
+	select {
+	case <-w.c:
+		return nil // wakeSpace took w off the list
+	case <-r.done:
+	case <-ctx.Done():
+	}
+	r.spaceMu.Lock()
+	if i := slices.Index(r.wakers, Waker(w)); i >= 0 {
+		r.wakers = slices.Delete(r.wakers, i, i+1)
+		r.spaceWaiters.Add(-1)
+	} else {
+		<-w.c // woken meanwhile: the token was sent under spaceMu
+	}
+	r.spaceMu.Unlock()
+	if r.closed.Load() {
+		return ErrClosed
+	}
+	return ctx.Err()
 }
 
 // Stats is a snapshot of the ring's counters.

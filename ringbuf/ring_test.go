@@ -217,7 +217,7 @@ func TestCloseWakesWriterWaitingForSpace(t *testing.T) {
 		r.Commit(res)
 	}
 	errc := make(chan error)
-	go func() { errc <- r.WaitSpace() }()
+	go func() { errc <- r.WaitSpace(context.Background()) }()
 	time.Sleep(10 * time.Millisecond)
 	r.Close()
 	select {
@@ -247,8 +247,16 @@ func TestStressExactlyOnce(t *testing.T) {
 	r := mustNew(t, Layout{BatchSize: batch, NumSlabs: 3, LeafBytes: []int{8, 3, 4}})
 
 	var wg sync.WaitGroup
+	live, stop := context.WithCancel(context.Background())
+	defer stop()
 	for w := range writers {
 		wg.Add(1)
+		// Odd writers wait on pooled waiters, even ones on the condition
+		// variable.
+		wctx := context.Background()
+		if w%2 == 1 {
+			wctx = live
+		}
 		go func() {
 			defer wg.Done()
 			rng := rand.New(rand.NewPCG(uint64(w), 1))
@@ -256,7 +264,7 @@ func TestStressExactlyOnce(t *testing.T) {
 			for seq < perWriter {
 				res, _, ok := r.Reserve(min(1+rng.IntN(5), perWriter-seq))
 				if !ok {
-					if err := r.WaitSpace(); err != nil {
+					if err := r.WaitSpace(wctx); err != nil {
 						t.Errorf("writer %d: %v", w, err)
 						return
 					}

@@ -77,7 +77,7 @@ func TestFreeIsIdempotent(t *testing.T) {
 	if _, _, ok := r.Reserve(1); ok {
 		t.Error("Reserve succeeded after Free")
 	}
-	if _, err := r.Claim(1); !errors.Is(err, ErrClosed) {
+	if _, err := r.Claim(context.Background(), 1); !errors.Is(err, ErrClosed) {
 		t.Errorf("Claim after Free = %v, want ErrClosed", err)
 	}
 	if _, err := r.Next(context.Background()); !errors.Is(err, ErrClosed) {

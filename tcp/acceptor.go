@@ -461,13 +461,14 @@ func (a *acceptor) sniff(c *prologue) bool {
 	var first [wire.ProbeLen]byte
 	n, err := sockio.Peek(c.fd, first[:])
 	switch {
-	case err == io.EOF:
-		// Gone before its first sample: the worker counts and logs the
-		// end as it does any.
-		a.serve(c)
-		return false
 	case err != nil:
-		a.refusePending(c, "left before its first sample", "err", err)
+		// Gone before its first sample, as a served connection may go:
+		// not a refusal.
+		a.forget(c)
+		if a.log != nil {
+			a.log.Debug("echo: connection closed", "peer", c.peer, "reason", reasonText(err), "samples", 0)
+		}
+		unix.Close(c.fd)
 		return false
 	case n == 0:
 		return true

@@ -2,6 +2,7 @@ package tcp
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -189,7 +190,7 @@ func TestShortReadReturnsItsSlots(t *testing.T) {
 			w := newBareWorker(t, r)
 			if earlier > 0 {
 				// Slots 0-2 go to the test, 3-7 back to the ring.
-				res, err := r.Claim(8)
+				res, err := r.Claim(context.Background(), 8)
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -255,7 +255,7 @@ func TestStats(t *testing.T) {
 		t.Fatal(err)
 	}
 	for seq := range 3 {
-		b, err := q.Acquire()
+		b, err := q.Acquire(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -368,7 +368,7 @@ func TestCloseReleasesEverything(t *testing.T) {
 	// A producer whose buffer is stuck in its worker, which waits for
 	// ring space, and who waits in Acquire for it.
 	for range 2 {
-		res, err := r.Claim(1)
+		res, err := r.Claim(context.Background(), 1)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -378,7 +378,7 @@ func TestCloseReleasesEverything(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := q.Acquire()
+	b, err := q.Acquire(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -386,7 +386,7 @@ func TestCloseReleasesEverything(t *testing.T) {
 	eventually(t, "a worker blocked on the full ring", func() bool { return r.Stats().Blocked > 0 })
 	acquired := make(chan error, 1)
 	go func() {
-		_, err := q.Acquire()
+		_, err := q.Acquire(context.Background())
 		acquired <- err
 	}()
 
@@ -411,7 +411,7 @@ func TestCloseReleasesEverything(t *testing.T) {
 	if err := <-acquired; !errors.Is(err, ErrClosed) {
 		t.Errorf("Acquire waiting through Close = %v, want ErrClosed", err)
 	}
-	if _, err := q.Acquire(); !errors.Is(err, ErrClosed) {
+	if _, err := q.Acquire(context.Background()); !errors.Is(err, ErrClosed) {
 		t.Errorf("Acquire after Close = %v, want ErrClosed", err)
 	}
 	for i, c := range append(peers, prologue) {

@@ -1,6 +1,7 @@
 package tcp
 
 import (
+	"context"
 	"runtime"
 	"sync/atomic"
 
@@ -48,8 +49,10 @@ type Queue struct {
 
 // Acquire returns an empty buffer for the next sample, waiting while all of
 // them are queued or being copied (spinning briefly, then parking). It
-// returns ErrClosed once the pool is closed.
-func (q *Queue) Acquire() (*Buffer, error) {
+// returns ErrClosed once the pool is closed, and ctx's error if ctx is done
+// while it parks; either way the producer holds no buffer it did not hold
+// before.
+func (q *Queue) Acquire(ctx context.Context) (*Buffer, error) {
 	// A closed pool drains nothing: refuse even while buffers are free.
 	if q.pool.closed.Load() {
 		return nil, ErrClosed
@@ -79,6 +82,12 @@ func (q *Queue) Acquire() (*Buffer, error) {
 		case <-q.wake:
 		case <-q.pool.done:
 			return nil, ErrClosed
+		case <-ctx.Done():
+			// A worker that saw waiting still sends its wake-up: the
+			// next Acquire takes it, looks at free once more, and parks
+			// again if need be.
+			q.waiting.Store(false)
+			return nil, ctx.Err()
 		}
 		if b, ok := q.free.Pop(); ok {
 			return b, nil

@@ -1,14 +1,16 @@
 package tcp
 
 import (
+	"context"
 	"errors"
 	"sync"
 	"testing"
+	"time"
 )
 
 // publish fills the next buffer of q with sample(src, seq) and publishes it.
 func publish(t testing.TB, q *Queue, src, seq int) error {
-	b, err := q.Acquire()
+	b, err := q.Acquire(context.Background())
 	if err != nil {
 		return err
 	}
@@ -88,7 +90,7 @@ func TestAcquireWaitsForRecycle(t *testing.T) {
 	r := newRing(t, 1, 2)
 	p := newPool(t, r, 1, nil)
 	for range 2 {
-		res, err := r.Claim(1)
+		res, err := r.Claim(context.Background(), 1)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -145,10 +147,77 @@ func TestAcquireWaitsForRecycle(t *testing.T) {
 	if err := <-acquired; !errors.Is(err, ErrClosed) {
 		t.Fatalf("Acquire through Close = %v, want ErrClosed", err)
 	}
-	if _, err := q.Acquire(); !errors.Is(err, ErrClosed) {
+	if _, err := q.Acquire(context.Background()); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Acquire after Close = %v, want ErrClosed", err)
 	}
 	q.Close() // after the pool: nothing to wake, no harm
+}
+
+// TestAcquireHonoursContext: a producer parked in Acquire, its only buffer
+// held by a worker stuck on a full ring, returns ctx's error once ctx
+// ends; the queue goes on as if that Acquire had never been, and delivers
+// every sample published before and after it, once and in order.
+func TestAcquireHonoursContext(t *testing.T) {
+	r := newRing(t, 1, 2)
+	p := newPool(t, r, 1, nil)
+	for range 2 {
+		res, err := r.Claim(context.Background(), 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Commit(res)
+	}
+	q, err := p.NewQueue(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	if err := publish(t, q, 1, 0); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the worker blocked", func() bool { return r.Stats().Blocked == 1 })
+
+	ctx, cancel := context.WithCancel(context.Background())
+	blocked := p.Stats().PushBlocked
+	acquired := make(chan error, 1)
+	go func() {
+		b, err := q.Acquire(ctx)
+		if err == nil {
+			q.Publish(b) // not expected; keeps the buffer accounted for
+		}
+		acquired <- err
+	}()
+	eventually(t, "the producer blocked", func() bool { return p.Stats().PushBlocked > blocked })
+	cancel()
+	select {
+	case err := <-acquired:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("Acquire through cancel = %v, want context.Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Acquire still parked 10s after its context was cancelled")
+	}
+	if _, err := q.Acquire(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Acquire with a cancelled context and no free buffer = %v, want context.Canceled", err)
+	}
+
+	// The consumer frees the ring: the worker recycles the buffer and the
+	// next samples go through.
+	go func() {
+		for seq := 1; seq < 3; seq++ {
+			if err := publish(t, q, 1, seq); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	}()
+	nextBatch(t, r) // the test's two samples: the first, held...
+	nextBatch(t, r) // ...then the second, as the first goes back
+	for seq := range 3 {
+		if _, s := decode(t, nextBatch(t, r)[0]); s != seq {
+			t.Fatalf("got seq %d, want %d", s, seq)
+		}
+	}
 }
 
 // TestQueueCloseDeliversPublished closes a queue right after publishing:

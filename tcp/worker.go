@@ -1,6 +1,7 @@
 package tcp
 
 import (
+	"context"
 	"errors"
 	"math"
 	"runtime"
@@ -390,8 +391,10 @@ func (w *worker) insert(bufs []*Buffer, block bool) (int, error) {
 	for done < len(bufs) {
 		var res ringbuf.Reservation
 		if block {
+			// A worker with no connection to serve waits for space until
+			// the ring closes: it has no caller whose context could end.
 			var err error
-			if res, err = w.pool.ring.Claim(len(bufs) - done); err != nil {
+			if res, err = w.pool.ring.Claim(context.Background(), len(bufs)-done); err != nil {
 				return done, err
 			}
 		} else if r, ok := w.pool.ring.TryClaim(len(bufs) - done); ok {

@@ -337,7 +337,7 @@ func (a *actor) viaClient(ctx context.Context, conn net.Conn, left int) int {
 	sent := 0
 	for sent < stop {
 		a.sample.Fill(id, uint64(sent))
-		err = c.Send(a.sample.Tree)
+		err = c.Send(ctx, a.sample.Tree)
 		sent++ // see above
 		if err != nil {
 			break
@@ -505,7 +505,7 @@ func Run(ctx context.Context, srv *echo.Server, cfg Config, pause func(batches i
 	var err error
 	for i := range srv.BatchSize() {
 		filler.Fill(integrity.Filler, check.FillerSeq(uint32(i)))
-		if err = srv.Submit(filler.Tree); err != nil {
+		if err = srv.Submit(ctx, filler.Tree); err != nil {
 			err = fmt.Errorf("loadgen: submitting fillers: %w", err)
 			break
 		}

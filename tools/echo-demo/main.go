@@ -90,7 +90,7 @@ func run(name string, clients, producers int, duration time.Duration, batch int)
 		wg.Go(func() {
 			defer prod.Close()
 			for {
-				if err := prod.Send(sample); err != nil {
+				if err := prod.Send(context.Background(), sample); err != nil {
 					if !errors.Is(err, echo.ErrClosed) {
 						submitErr.Store(&err)
 					}
@@ -112,7 +112,7 @@ func run(name string, clients, producers int, duration time.Duration, batch int)
 		wg.Go(func() {
 			defer client.Close()
 			for {
-				if err := client.Send(sample); err != nil {
+				if err := client.Send(context.Background(), sample); err != nil {
 					if !errors.Is(err, echo.ErrConnectionClosed) {
 						submitErr.Store(&err)
 					}
