@@ -69,9 +69,43 @@ var aLongTimeAgo = time.Unix(1, 0)
 type ClientOption func(*clientConfig)
 
 type clientConfig struct {
-	maxInflight int
-	limits      wire.Limits
-	secret      []byte // nil: the server must not ask
+	maxInflight  int
+	limits       wire.Limits
+	secret       []byte // nil: the server must not ask
+	version      int    // 0: version 2 when the server speaks it; 1; 2
+	probeTimeout time.Duration
+	dialer       func(ctx context.Context, network, address string) (net.Conn, error)
+	reconnect    *Backoff // nil: a lost connection ends the Client
+}
+
+// newClientConfig applies opts and checks the result.
+func newClientConfig(opts []ClientOption) (clientConfig, error) {
+	cfg := clientConfig{maxInflight: DefaultMaxInflight, probeTimeout: DefaultProbeTimeout}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	switch {
+	case cfg.maxInflight < 1:
+		return cfg, fmt.Errorf("%w: max inflight %d, must be at least 1", ErrBadConfig, cfg.maxInflight)
+	case cfg.version < 0 || cfg.version > 2:
+		return cfg, fmt.Errorf("%w: wire version %d, want 0 (the newest both speak), 1 or 2", ErrBadConfig, cfg.version)
+	case cfg.probeTimeout <= 0:
+		return cfg, fmt.Errorf("%w: probe timeout %v, must be positive", ErrBadConfig, cfg.probeTimeout)
+	case cfg.reconnect != nil && cfg.version == 1:
+		return cfg, fmt.Errorf("%w: reconnection needs wire version 2's sessions", ErrBadConfig)
+	}
+	if b := cfg.reconnect; b != nil {
+		if b.Min <= 0 {
+			b.Min = DefaultBackoff.Min
+		}
+		if b.Max < b.Min {
+			b.Max = max(b.Min, DefaultBackoff.Max)
+		}
+		if b.GiveUp <= 0 {
+			b.GiveUp = DefaultBackoff.GiveUp
+		}
+	}
+	return cfg, nil
 }
 
 // WithMaxInflight bounds the samples sent and not yet acknowledged (default
@@ -97,9 +131,20 @@ func WithClientSecret(secret []byte) ClientOption {
 // from one Client arrive in the order their Sends returned.
 type Client struct {
 	// Read-only after NewClient.
-	conn    net.Conn
 	spec    *pytree.Spec
 	payload int
+	version uint8
+	session wire.SessionID // version 2: the session of every connection
+	// rs is the replay state of a reconnecting Client; nil without
+	// WithReconnect.
+	rs *resumer
+
+	// conn is the connection. It changes only in a reconnection, under
+	// both wireMu (which a reconnecting Client's writes hold) and connMu
+	// (which end takes to close it).
+	conn   net.Conn
+	connMu sync.Mutex
+	wireMu sync.Mutex
 
 	// sendMu serialises Send and SendBatch; every field down to watchOnce
 	// is theirs, read and written under it.
@@ -141,9 +186,12 @@ type Client struct {
 	// idle gets a token when inflight drops to zero; a Wait that takes it
 	// puts it back for the next.
 	idle chan struct{}
-	// done is closed when the connection ends; cause says why.
+	// done is closed when the Client ends; cause says why. life ends with
+	// it, for the dials of a reconnection.
 	done      chan struct{}
 	cause     error
+	life      context.Context
+	endLife   context.CancelFunc
 	readerEnd chan struct{}
 	closeOnce sync.Once
 }
@@ -153,25 +201,81 @@ type Client struct {
 // "host:port" for TCP, or "unix:" followed by a path for a Unix-domain
 // socket. ctx bounds the connection and the handshake.
 //
+// Dial speaks wire version 2 with a server that does (this package's):
+// the server then checks dtypes and leaf paths too, and the connection
+// belongs to a session that WithReconnect resumes. A server that does not
+// answer version 2's probe within the probe timeout (echo's own) is dialed
+// again and spoken to in version 1; WithWireVersion chooses instead.
+//
 // Errors wrap ErrBadMagic when the peer is not an echo server, ErrVersion
-// for another protocol version, and ErrSpecMismatch, naming the first
-// differing leaf, when the server expects other samples.
+// for another protocol version, ErrNoVersion2 when version 2 is required
+// and not spoken, and ErrSpecMismatch, naming the first differing leaf,
+// when the server expects other samples.
 func Dial(ctx context.Context, addr string, example any, opts ...ClientOption) (*Client, error) {
+	cfg, err := newClientConfig(opts)
+	if err != nil {
+		return nil, err
+	}
+	spec, want, err := clientSpec(example)
+	if err != nil {
+		return nil, err
+	}
 	network, address := "tcp", addr
 	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
 		network, address = "unix", path
 	}
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, network, address)
-	if err != nil {
-		return nil, fmt.Errorf("echo: dial %s: %w", addr, err)
+	if cfg.dialer == nil {
+		var d net.Dialer
+		cfg.dialer = d.DialContext
 	}
-	c, err := NewClient(ctx, conn, example, opts...)
-	if err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("echo: dial %s: %w", addr, err)
+	connect := func(ctx context.Context, cfg *clientConfig, session wire.SessionID) (net.Conn, negotiation, error) {
+		conn, err := cfg.dialer(ctx, network, address)
+		if err != nil {
+			return nil, negotiation{}, err
+		}
+		neg, err := open(ctx, conn, spec, want, cfg, session)
+		if err != nil {
+			conn.Close()
+			return nil, negotiation{}, err
+		}
+		return conn, neg, nil
 	}
+	conn, neg, err := connect(ctx, &cfg, wire.SessionID{})
+	if err == errNoOffer && cfg.version == 0 && cfg.reconnect == nil {
+		// A version 1 server holds the probe as part of a sample, which it
+		// drops with the connection: speak version 1 on a new one.
+		v1 := cfg
+		v1.version = 1
+		conn, neg, err = connect(ctx, &v1, wire.SessionID{})
+	}
+	if err != nil {
+		return nil, dialError(addr, noOffer(err))
+	}
+	c := newClient(conn, spec, &cfg, neg)
+	if cfg.reconnect != nil {
+		c.rs.redial = func(ctx context.Context) (net.Conn, negotiation, error) {
+			return connect(ctx, &cfg, neg.session)
+		}
+	}
+	go c.readAcks()
 	return c, nil
+}
+
+// dialError prefixes err with the address dialed, keeping one "echo:"
+// at the front.
+func dialError(addr string, err error) error {
+	if strings.HasPrefix(err.Error(), "echo: ") {
+		return fmt.Errorf("%w (dialing %s)", err, addr)
+	}
+	return fmt.Errorf("echo: dial %s: %w", addr, err)
+}
+
+// noOffer turns errNoOffer into the caller's error.
+func noOffer(err error) error {
+	if err == errNoOffer {
+		return fmt.Errorf("%w: no answer to its probe", ErrNoVersion2)
+	}
+	return err
 }
 
 // NewClient is Dial over a connection the caller made: through a proxy, from
@@ -181,44 +285,74 @@ func Dial(ctx context.Context, addr string, example any, opts ...ClientOption) (
 // honoured through conn's write deadline, which the Client then owns.
 // NewClient reads and checks the handshake and returns errors as Dial does;
 // on error the caller still owns conn, on success the Client does.
+//
+// NewClient cannot dial again, so it cannot reconnect (WithReconnect needs
+// Dial, with WithDialer for a dialer of one's own), and a server that does
+// not answer version 2's probe fails it with ErrNoVersion2 unless
+// WithWireVersion(1) says to speak version 1 from the start.
 func NewClient(ctx context.Context, conn net.Conn, example any, opts ...ClientOption) (*Client, error) {
-	cfg := clientConfig{maxInflight: DefaultMaxInflight}
-	for _, o := range opts {
-		o(&cfg)
-	}
-	if cfg.maxInflight < 1 {
-		return nil, fmt.Errorf("%w: max inflight %d, must be at least 1", ErrBadConfig, cfg.maxInflight)
-	}
-	spec, err := pytree.SpecOf(example)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrBadExample, err)
-	}
-	want, err := wire.HandshakeOf(spec)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrBadExample, err)
-	}
-	return handshake(ctx, conn, spec, want, cfg)
-}
-
-// handshake reads the server's handshake from conn, checks it and builds
-// the client.
-func handshake(ctx context.Context, conn net.Conn, spec *pytree.Spec, want wire.Handshake, cfg clientConfig) (*Client, error) {
-	// ctx bounds the read: its end sets a deadline in the past.
-	stop := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Unix(1, 0)) })
-	got, err := readHandshake(conn, cfg)
-	if !stop() || ctx.Err() != nil {
-		return nil, fmt.Errorf("reading handshake: %w", context.Cause(ctx))
-	}
+	cfg, err := newClientConfig(opts)
 	if err != nil {
 		return nil, err
 	}
-	if err := want.Compare(got); err != nil {
-		return nil, specMismatch(spec, want, got)
+	if cfg.reconnect != nil {
+		return nil, fmt.Errorf("%w: a Client made by NewClient cannot reconnect: use Dial with WithDialer", ErrBadConfig)
 	}
+	spec, want, err := clientSpec(example)
+	if err != nil {
+		return nil, err
+	}
+	neg, err := open(ctx, conn, spec, want, &cfg, wire.SessionID{})
+	if err != nil {
+		return nil, noOffer(err)
+	}
+	c := newClient(conn, spec, &cfg, neg)
+	go c.readAcks()
+	return c, nil
+}
+
+// clientSpec is the spec of a client's example and the version 1
+// handshake it expects.
+func clientSpec(example any) (*pytree.Spec, wire.Handshake, error) {
+	spec, err := pytree.SpecOf(example)
+	if err != nil {
+		return nil, wire.Handshake{}, fmt.Errorf("%w: %w", ErrBadExample, err)
+	}
+	want, err := wire.HandshakeOf(spec)
+	if err != nil {
+		return nil, wire.Handshake{}, fmt.Errorf("%w: %w", ErrBadExample, err)
+	}
+	return spec, want, nil
+}
+
+// open runs a connection's prologue: it reads the server's handshake
+// (authenticating first when asked), checks it, and negotiates version 2
+// with session when the server speaks it.
+func open(ctx context.Context, conn net.Conn, spec *pytree.Spec, want wire.Handshake, cfg *clientConfig, session wire.SessionID) (negotiation, error) {
+	// ctx bounds the read: its end sets a deadline in the past.
+	stop := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Unix(1, 0)) })
+	got, err := readHandshake(conn, *cfg)
+	if !stop() || ctx.Err() != nil {
+		return negotiation{}, fmt.Errorf("reading handshake: %w", context.Cause(ctx))
+	}
+	if err != nil {
+		return negotiation{}, err
+	}
+	if err := want.Compare(got); err != nil {
+		return negotiation{}, specMismatch(spec, want, got)
+	}
+	return negotiate(ctx, conn, spec, cfg, session)
+}
+
+// newClient builds the client of a connection whose prologue is done.
+func newClient(conn net.Conn, spec *pytree.Spec, cfg *clientConfig, neg negotiation) *Client {
+	life, endLife := context.WithCancel(context.Background())
 	c := &Client{
 		conn:      conn,
 		spec:      spec,
 		payload:   spec.PayloadBytes(),
+		version:   neg.version,
+		session:   neg.session,
 		leaves:    make([]pytree.Array, 0, spec.NumLeaves()),
 		vec:       make([][]byte, 0, spec.NumLeaves()),
 		watch:     make(chan context.Context),
@@ -227,10 +361,14 @@ func handshake(ctx context.Context, conn net.Conn, spec *pytree.Spec, want wire.
 		tokens:    make(chan struct{}, cfg.maxInflight),
 		idle:      make(chan struct{}, 1),
 		done:      make(chan struct{}),
+		life:      life,
+		endLife:   endLife,
 		readerEnd: make(chan struct{}),
 	}
-	go c.readAcks()
-	return c, nil
+	if cfg.reconnect != nil {
+		c.rs = &resumer{backoff: *cfg.reconnect, replay: make([]byte, cfg.maxInflight*c.payload)}
+	}
+	return c
 }
 
 // readHandshake reads the server's handshake, authenticating first when
@@ -368,7 +506,11 @@ func (c *Client) Send(ctx context.Context, tree any) error {
 		return fmt.Errorf("echo: send: nothing sent, waiting for acknowledgements: %w", ctx.Err())
 	}
 	c.inflight.Add(1)
-	_, err = c.send(ctx, leaves, 1)
+	if c.rs != nil {
+		_, err = c.sendReplay(ctx, leaves, 1)
+	} else {
+		_, err = c.send(ctx, leaves, 1)
+	}
 	return err
 }
 
@@ -427,7 +569,13 @@ func (c *Client) SendBatch(ctx context.Context, trees []any) error {
 			}
 		}
 		c.inflight.Add(int64(k))
-		n, err := c.send(ctx, all[:k*nl], k)
+		var n int
+		var err error
+		if c.rs != nil {
+			n, err = c.sendReplay(ctx, all[:k*nl], k)
+		} else {
+			n, err = c.send(ctx, all[:k*nl], k)
+		}
 		sent += n
 		if err != nil {
 			if errors.Is(err, ErrConnectionClosed) {
@@ -518,6 +666,11 @@ func (c *Client) write(ctx context.Context, leaves []pytree.Array) (n int64, can
 			c.vec = append(c.vec, b)
 		}
 	}
+	return c.writeVec(ctx)
+}
+
+// writeVec is write of the byte slices in c.vec, which it clears.
+func (c *Client) writeVec(ctx context.Context) (n int64, cancelled bool, err error) {
 	c.bufs = c.vec
 	cancellable := ctx.Done() != nil
 	if cancellable {
@@ -617,16 +770,42 @@ func (c *Client) watchWrites() {
 // needs no check of its own.
 func (c *Client) rejected(_ any, err error) error { return mismatchError(err) }
 
-// readAcks takes one token per ack byte until the connection ends.
+// readAcks takes one token per ack byte until the connection ends; a
+// reconnecting Client's then reconnects, and it reads on.
 func (c *Client) readAcks() {
 	defer close(c.readerEnd)
+	for {
+		c.connMu.Lock()
+		conn := c.conn
+		c.connMu.Unlock()
+		err, broken := c.ackLoop(conn)
+		select {
+		case <-c.done:
+			return
+		default:
+		}
+		if c.rs == nil || broken {
+			c.end(err)
+			return
+		}
+		conn.Close() // a Send still writing to it fails now, its sample kept
+		if err := c.reconnect(err); err != nil {
+			c.end(err)
+			return
+		}
+	}
+}
+
+// ackLoop reads acks from conn until it fails, and returns why, wrapping
+// ErrConnectionClosed; broken says the server broke the protocol, which no
+// reconnection mends.
+func (c *Client) ackLoop(conn net.Conn) (err error, broken bool) {
 	var buf [512]byte
 	for {
-		n, err := c.conn.Read(buf[:])
+		n, err := conn.Read(buf[:])
 		for _, b := range buf[:n] {
 			if b != wire.Ack {
-				c.end(fmt.Errorf("%w: server sent byte %#x, not an ack", ErrConnectionClosed, b))
-				return
+				return fmt.Errorf("%w: server sent byte %#x, not an ack", ErrConnectionClosed, b), true
 			}
 		}
 		if n > 0 {
@@ -634,9 +813,11 @@ func (c *Client) readAcks() {
 				select {
 				case <-c.tokens:
 				default:
-					c.end(fmt.Errorf("%w: server acknowledged more samples than were sent", ErrConnectionClosed))
-					return
+					return fmt.Errorf("%w: server acknowledged more samples than were sent", ErrConnectionClosed), true
 				}
+			}
+			if c.rs != nil {
+				c.rs.acked += uint64(n)
 			}
 			if c.inflight.Add(int64(-n)) == 0 {
 				select {
@@ -649,19 +830,21 @@ func (c *Client) readAcks() {
 			if errors.Is(err, io.EOF) {
 				err = errors.New("server closed the connection")
 			}
-			c.end(fmt.Errorf("%w: %w", ErrConnectionClosed, err))
-			return
+			return fmt.Errorf("%w: %w", ErrConnectionClosed, err), false
 		}
 	}
 }
 
-// end marks the connection finished with cause (the first cause wins) and
-// closes the socket, which also stops the ack reader.
+// end marks the Client finished with cause (the first cause wins) and
+// closes the connection, which also stops the ack reader.
 func (c *Client) end(cause error) {
 	c.closeOnce.Do(func() {
 		c.cause = cause
 		close(c.done)
+		c.endLife()
+		c.connMu.Lock()
 		c.conn.Close()
+		c.connMu.Unlock()
 	})
 }
 

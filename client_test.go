@@ -170,12 +170,52 @@ func dialFake(t testing.TB, f *fakeServer, example any, opts ...echo.ClientOptio
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := echo.Dial(ctx, f.addr, example, opts...)
+	// The fake speaks version 1 only: skip the probe and its timeout.
+	c, err := echo.Dial(ctx, f.addr, example, append([]echo.ClientOption{echo.WithWireVersion(1)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// TestClientFallsBackToVersion1: a server that does not answer version
+// 2's probe (echo's, or this fake) is dialed again and spoken to in
+// version 1, its samples intact; a client that requires version 2 is
+// refused.
+func TestClientFallsBackToVersion1(t *testing.T) {
+	f := newFakeServer(t, numbered(0, 0), fakeOptions{})
+	start := time.Now()
+	c, err := echo.Dial(t.Context(), f.addr, numbered(0, 0), echo.WithProbeTimeout(100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if c.Version() != 1 || time.Since(start) < 100*time.Millisecond {
+		t.Fatalf("version %d after %v, want 1 after the probe timeout", c.Version(), time.Since(start))
+	}
+	if err := c.Send(t.Context(), numbered(5, 0)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Wait(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	// The probe's connection carried 8 bytes, not a sample: the fake saw
+	// none from it, and the one sample from the second.
+	f.expect(t, wireBytes(5, 0))
+
+	for _, opt := range []echo.ClientOption{echo.WithWireVersion(2), echo.WithReconnect(echo.Backoff{})} {
+		_, err := echo.Dial(t.Context(), f.addr, numbered(0, 0), echo.WithProbeTimeout(50*time.Millisecond), opt)
+		if !errors.Is(err, echo.ErrNoVersion2) {
+			t.Errorf("Dial requiring version 2 of a version 1 server: %v, want ErrNoVersion2", err)
+		}
+	}
+	if _, err := echo.Dial(t.Context(), f.addr, numbered(0, 0), echo.WithWireVersion(3)); !errors.Is(err, echo.ErrBadConfig) {
+		t.Errorf("WithWireVersion(3): %v, want ErrBadConfig", err)
+	}
+	if _, err := echo.Dial(t.Context(), f.addr, numbered(0, 0), echo.WithWireVersion(1), echo.WithReconnect(echo.Backoff{})); !errors.Is(err, echo.ErrBadConfig) {
+		t.Errorf("version 1 with reconnection: %v, want ErrBadConfig", err)
+	}
 }
 
 // stillBlocked fails the test if errc yields within a short while.
@@ -303,7 +343,7 @@ func TestClientCloseAndServerGone(t *testing.T) {
 		io.ReadFull(conn, make([]byte, len(wireBytes(0, 0))))
 		conn.Close()
 	}()
-	gone, err := echo.Dial(t.Context(), ln.Addr().String(), numbered(0, 0))
+	gone, err := echo.Dial(t.Context(), ln.Addr().String(), numbered(0, 0), echo.WithWireVersion(1))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -576,7 +616,7 @@ func TestNewClientOverAnyConn(t *testing.T) {
 		got <- buf
 		srv.Write(ackByte[:])
 	}()
-	c, err := echo.NewClient(t.Context(), cli, numbered(0, 0))
+	c, err := echo.NewClient(t.Context(), cli, numbered(0, 0), echo.WithWireVersion(1))
 	if err != nil {
 		cli.Close()
 		t.Fatal(err)

@@ -202,12 +202,19 @@ func TestMismatchMessagesHandshake(t *testing.T) {
 		checkMismatch(t, "NewClient("+c.name+")", err, c.want)
 	}
 	// The same dtype size passes: the client checks dtypes itself.
-	c, err := echo.Dial(t.Context(), s.Addr().String(),
-		edit(func(m map[string]any) { m["obs"] = pytree.MustOf(make([]int32, 8)) }))
+	// The same dtype size: version 1 cannot tell, version 2 refuses it on
+	// both sides, naming the leaf.
+	int32s := edit(func(m map[string]any) { m["obs"] = pytree.MustOf(make([]int32, 8)) })
+	c, err := echo.Dial(t.Context(), s.Addr().String(), int32s, echo.WithWireVersion(1))
 	if err != nil {
-		t.Fatalf("Dial with an int32 leaf for a float32 one: %v", err)
+		t.Fatalf("Dial in version 1 with an int32 leaf for a float32 one: %v", err)
 	}
 	c.Close()
+	_, err = echo.Dial(t.Context(), s.Addr().String(), int32s)
+	want := "echo: spec mismatch: obs: dtype int32, expected float32 (dialing " + s.Addr().String() + ")"
+	if err == nil || err.Error() != want || !errors.Is(err, echo.ErrSpecMismatch) || errors.Is(err, echo.ErrPayloadSize) {
+		t.Errorf("Dial(int32 for float32) = %v, want %q", err, want)
+	}
 }
 
 // TestBadExampleMessages checks that a Go value in an example is named as

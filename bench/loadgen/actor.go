@@ -18,6 +18,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -46,6 +47,15 @@ type Config struct {
 	// random sample boundary; faults inside samples come from the network
 	// (a proxy between client and server).
 	Client bool
+	// Reconnect sends through an echo.Client on wire version 2 that
+	// reconnects by itself (echo.WithReconnect): each actor dials once and
+	// sends all its samples through the one Client, and Kills is the
+	// number of times each actor's connection is cut under it, at random
+	// samples, half between two Sends and half from another goroutine
+	// while Sends go on, with a reset half the time. Every sample handed
+	// to Send must then arrive exactly once. Kill and Client are ignored.
+	Reconnect bool
+	Kills     int
 	// Secret is the server's shared secret, for Client actors.
 	Secret []byte
 	// MaxInflight is the number of unacknowledged samples a connection may
@@ -88,6 +98,9 @@ type Actors struct {
 	Reset       uint64           // killed connections closed with a reset rather than a FIN
 	Failed      uint64           // connections that ended on an error the actor did not cause
 	DialErrors  uint64           // dials that failed (then retried)
+	// UnackedAtKills sums, over the kills of reconnecting Clients, the
+	// samples sent and not yet acknowledged when the connection was cut.
+	UnackedAtKills uint64
 }
 
 // KilledTotal is the number of connections killed on purpose.
@@ -98,11 +111,13 @@ func (a *Actors) KilledTotal() uint64 {
 // counters is Actors, written concurrently.
 type counters struct {
 	conns, reset, failed, dialErrs atomic.Uint64
+	unacked                        atomic.Uint64
 	killed                         [numKinds]atomic.Uint64
 }
 
 func (c *counters) snapshot() Actors {
-	a := Actors{Connections: c.conns.Load(), Reset: c.reset.Load(), Failed: c.failed.Load(), DialErrors: c.dialErrs.Load()}
+	a := Actors{Connections: c.conns.Load(), Reset: c.reset.Load(), Failed: c.failed.Load(), DialErrors: c.dialErrs.Load(),
+		UnackedAtKills: c.unacked.Load()}
 	for i := range a.Killed {
 		a.Killed[i] = c.killed[i].Load()
 	}
@@ -154,6 +169,9 @@ func (a *actor) run(ctx context.Context) error {
 		backoff = time.Millisecond
 		a.count.conns.Add(1)
 		a.connected()
+		if a.cfg.Reconnect {
+			return a.viaReconnecting(ctx, conn)
+		}
 		var sent int
 		if a.cfg.Client {
 			sent = a.viaClient(ctx, conn, left)
@@ -358,6 +376,93 @@ func (a *actor) viaClient(ctx context.Context, conn net.Conn, left int) int {
 	}
 	a.check.Sent(id, uint64(sent), acked)
 	return sent
+}
+
+// viaReconnecting sends all of the actor's samples through one
+// reconnecting Client whose first connection is conn, cutting its
+// connection cfg.Kills times, and waits for every ack.
+func (a *actor) viaReconnecting(ctx context.Context, first net.Conn) error {
+	id := a.ids.new()
+	var (
+		mu  sync.Mutex
+		cur = first
+	)
+	dial := func(ctx context.Context, _, _ string) (net.Conn, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if first != nil {
+			conn := first
+			first = nil
+			return conn, nil
+		}
+		conn, err := a.cfg.Dial(ctx)
+		if err != nil {
+			a.count.dialErrs.Add(1)
+			return nil, err
+		}
+		a.count.conns.Add(1)
+		cur = conn
+		return conn, nil
+	}
+	opts := []echo.ClientOption{
+		echo.WithMaxInflight(a.cfg.MaxInflight),
+		echo.WithDialer(dial),
+		echo.WithReconnect(echo.Backoff{Min: time.Millisecond, Max: 50 * time.Millisecond, GiveUp: a.cfg.Stall}),
+	}
+	if a.cfg.Secret != nil {
+		opts = append(opts, echo.WithClientSecret(a.cfg.Secret))
+	}
+	c, err := echo.Dial(ctx, "loadgen", a.example, opts...)
+	if err != nil {
+		a.count.failed.Add(1)
+		a.check.Sent(id, 0, 0)
+		return nil
+	}
+	defer c.Close()
+	// The samples at which the connection is cut, in order.
+	at := make([]int, a.cfg.Kills)
+	for i := range at {
+		at[i] = a.rng.IntN(a.cfg.Samples)
+	}
+	slices.Sort(at)
+	cut := func(kind int) {
+		mu.Lock()
+		conn := cur
+		mu.Unlock()
+		a.count.unacked.Add(uint64(c.Inflight()))
+		a.kill(conn, kind)
+	}
+	var cutters sync.WaitGroup
+	sent := 0
+	for ; sent < a.cfg.Samples; sent++ {
+		for len(at) > 0 && at[0] == sent {
+			at = at[1:]
+			if a.rng.IntN(2) == 0 {
+				cut(KillBetween)
+			} else {
+				delay := time.Duration(a.rng.IntN(200)) * time.Microsecond
+				cutters.Go(func() {
+					time.Sleep(delay)
+					cut(KillMidSample)
+				})
+			}
+		}
+		a.sample.Fill(id, uint64(sent))
+		if err = c.Send(ctx, a.sample.Tree); err != nil {
+			break
+		}
+	}
+	cutters.Wait()
+	if err == nil {
+		wctx, cancel := context.WithTimeout(ctx, 2*a.cfg.Stall)
+		err = c.Wait(wctx)
+		cancel()
+	}
+	if err != nil {
+		a.count.failed.Add(1)
+	}
+	a.check.Sent(id, uint64(sent), uint64(sent-c.Inflight()))
+	return nil
 }
 
 // handshakeLen is the size of the version-1 handshake of a server for
