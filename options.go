@@ -49,6 +49,8 @@ type config struct {
 	maxPayload          int64
 	secret              []byte // nil: no authentication
 	authTimeout         time.Duration
+	sessionTTL          time.Duration
+	v1Only              bool
 	stagingBudget       int64
 	stallTimeout        time.Duration
 	wait                WaitStrategy
@@ -82,6 +84,9 @@ func (c config) validate() error {
 	}
 	if c.stagingBudget < 0 {
 		return fmt.Errorf("%w: staging budget %d bytes, must not be negative", ErrBadConfig, c.stagingBudget)
+	}
+	if c.sessionTTL < 0 {
+		return fmt.Errorf("%w: session TTL %v, must not be negative", ErrBadConfig, c.sessionTTL)
 	}
 	if c.authTimeout < 0 {
 		return fmt.Errorf("%w: auth timeout %v, must not be negative", ErrBadConfig, c.authTimeout)
@@ -196,3 +201,15 @@ func WithStagingBudget(bytes int64) Option { return func(c *config) { c.stagingB
 // timeout bounds how long one stalled peer can keep a staging buffer, and
 // so how long it can hold up other connections waiting for one.
 func WithStallTimeout(d time.Duration) Option { return func(c *config) { c.stallTimeout = d } }
+
+// WithSessionTTL sets how long a wire version 2 session outlives its last
+// connection (default tcp.DefaultSessionTTL, one minute): a client that
+// reconnects within it resumes where the server's commits stopped, one
+// that comes later has lost its session (ErrSessionLost).
+func WithSessionTTL(d time.Duration) Option { return func(c *config) { c.sessionTTL = d } }
+
+// WithVersion1Only makes the server speak echo's wire version 1 alone: it
+// takes no look at a connection's first bytes for version 2's probe, and
+// Go clients fall back to version 1 as they do with echo's server. For
+// measuring what version 2 costs; there is no other reason to.
+func WithVersion1Only() Option { return func(c *config) { c.v1Only = true } }

@@ -203,6 +203,7 @@ func (s *Server) Start() error {
 	}
 	err := s.pool.Serve(listeners, tcp.ServeConfig{
 		MaxConns: s.cfg.maxConnections, Secret: s.cfg.secret, PrologueTimeout: s.cfg.authTimeout,
+		SessionTTL: s.cfg.sessionTTL, V1Only: s.cfg.v1Only,
 	})
 	if err != nil {
 		s.addrs = nil
