@@ -132,6 +132,22 @@ func TestRunClients(t *testing.T) {
 	}
 }
 
+// TestRunReconnecting: reconnecting version 2 clients whose connections
+// are cut under them deliver every sample handed to Send exactly once.
+func TestRunReconnecting(t *testing.T) {
+	srv := startServer(t, 200, 64)
+	cfg := Config{Actors: 32, Samples: 500, Body: 200, Reconnect: true, Kills: 4, Seed: 6, Dial: dialer(srv.Addr().String())}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	res, err := Run(ctx, srv, cfg, nil)
+	checkRun(t, res, err)
+	t.Logf("%d cuts, %d unacknowledged at them, %d connections", res.KilledTotal(), res.UnackedAtKills, res.Connections)
+	if res.KilledTotal() != 32*4 || res.Sent != 32*500 || res.Acked != res.Sent || res.Delivered != res.Sent || res.Failed != 0 {
+		t.Fatalf("%d cuts, %d sent, %d acked, %d delivered, %d failed: want 128 cuts and all 16000 delivered once",
+			res.KilledTotal(), res.Sent, res.Acked, res.Delivered, res.Failed)
+	}
+}
+
 // TestRunLargeSamples kills connections carrying samples too large for
 // the socket's receive buffer, which the server stages before copying.
 func TestRunLargeSamples(t *testing.T) {

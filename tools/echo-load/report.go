@@ -63,6 +63,10 @@ func (s *suite) markdown(took time.Duration) string {
 		tot.Killed[loadgen.KillMidSample], tot.Sent, tot.Acked, tot.Delivered, tot.Lost, tot.Duplicated,
 		tot.Reordered, tot.Corrupted, tot.Phantom)
 	b.WriteString("Sent counts whole samples written; acked, those whose ack the actor read before it stopped; delivered, those handed out in batches. Samples sent but not acked may or may not arrive (a killed actor's last ones); every acked one must, once.\n\n")
+	if r := s.reconnect; r.Sent > 0 {
+		fmt.Fprintf(&b, "Reconnecting clients (wire version 2 sessions, `echo.WithReconnect`): %d connections cut (%d between two Sends, %d from another goroutine while Sends went on, %d with a reset), with %d samples sent and not yet acknowledged at the cuts; of the %d samples handed to Send, %d were delivered, %d lost, %d duplicated.\n\n",
+			r.KilledTotal(), r.Killed[loadgen.KillBetween], r.Killed[loadgen.KillMidSample], r.Reset, r.UnackedAtKills, r.Sent, r.Delivered, r.Lost, r.Duplicated)
+	}
 
 	b.WriteString("| Hostile peers | Secret | Tried | What each saw | What the server did |\n|---|---|--:|---|---|\n")
 	for _, h := range s.hostile {

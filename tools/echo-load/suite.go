@@ -36,14 +36,15 @@ type suiteOptions struct {
 // suite is the state of one reliability suite: its tables and whether
 // anything failed.
 type suite struct {
-	o       suiteOptions
-	ok      bool
-	runs    []runRow
-	hostile []hostileRow
-	notes   []string
-	servers int // servers closed
-	leaks   leakRow
-	fuzz    []fuzzRow
+	o         suiteOptions
+	ok        bool
+	runs      []runRow
+	reconnect loadgen.Result // the reconnect storm's run
+	hostile   []hostileRow
+	notes     []string
+	servers   int // servers closed
+	leaks     leakRow
+	fuzz      []fuzzRow
 }
 
 type runRow struct {
@@ -199,6 +200,22 @@ func (s *suite) faultRuns() {
 	}
 	s.run("echo.Client actors, 30% closed mid-run", 64,
 		loadgen.Config{Actors: 64, Samples: s.scale(1000), Body: body, Kill: 0.3, Client: true, Seed: 4}, nil)
+	s.reconnectStorm()
+}
+
+// reconnectStorm is the kill storm under reconnecting version 2 clients:
+// each actor's connection is cut five times under one echo.Client, and
+// every sample handed to Send must arrive once, the ones unacknowledged
+// at the cuts included. Its row fails unless every sample sent was
+// acknowledged and delivered, over at least 100 cuts.
+func (s *suite) reconnectStorm() {
+	const name = "64 reconnecting version 2 clients, each connection cut 5 times"
+	res := s.run(name, 64, loadgen.Config{Actors: 64, Samples: s.scale(1000), Body: body, Reconnect: true, Kills: 5, Seed: 9}, nil)
+	s.reconnect = res
+	if res.Sent != uint64(res.ActorSamples) || res.Acked != res.Sent || res.Delivered != res.Sent || res.KilledTotal() < 100 || res.Failed > 0 {
+		s.fail(name, fmt.Errorf("%d of %d samples handed to Send, %d acked, %d delivered, over %d cuts (%d clients failed): every one must arrive once, over at least 100 cuts",
+			res.Sent, res.ActorSamples, res.Acked, res.Delivered, res.KilledTotal(), res.Failed))
+	}
 }
 
 func (s *suite) networkFaults() {
