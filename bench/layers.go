@@ -73,7 +73,7 @@ func ClientSend(b *testing.B, w Workload) {
 	}
 	defer sink.Close()
 	ctx := context.Background()
-	c, err := echo.Dial(ctx, sink.Addr(), sample)
+	c, err := echo.Dial(ctx, sink.Addr(), sample, echo.WithWireVersion(1)) // the sink speaks version 1
 	if err != nil {
 		b.Fatal(err)
 	}

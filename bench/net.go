@@ -260,11 +260,13 @@ func reserve(r *ringbuf.Ring) (ringbuf.Reservation, bool) {
 	}
 }
 
-// DialClients connects n echo clients to addr.
-func DialClients(ctx context.Context, addr string, example any, n int) ([]*echo.Client, error) {
+// DialClients connects n echo clients to addr, with opts. Servers that
+// speak version 1 alone (echo's, the sink, NetConnServer) take
+// echo.WithWireVersion(1), so that no Dial waits out version 2's probe.
+func DialClients(ctx context.Context, addr string, example any, n int, opts ...echo.ClientOption) ([]*echo.Client, error) {
 	clients := make([]*echo.Client, 0, n)
 	for range n {
-		c, err := echo.Dial(ctx, addr, example)
+		c, err := echo.Dial(ctx, addr, example, opts...)
 		if err != nil {
 			CloseClients(clients)
 			return nil, err

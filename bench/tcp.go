@@ -110,17 +110,18 @@ func timeNetConn(b *testing.B, w Workload, sample any, clients, per, group int) 
 	return timeLoad(b, nc.Addr(), sample, clients, per, group)
 }
 
-// timeLoad times clients sending per samples each to addr.
+// timeLoad times clients sending per samples each to addr, a server that
+// speaks wire version 1 alone.
 func timeLoad(b *testing.B, addr string, sample any, clients, per, group int) time.Duration {
-	cl := dial(b, addr, sample, clients)
+	cl := dial(b, addr, sample, clients, echo.WithWireVersion(1))
 	defer CloseClients(cl)
 	t0 := time.Now()
 	send(b, cl, sample, per, group)
 	return time.Since(t0)
 }
 
-func dial(b *testing.B, addr string, sample any, clients int) []*echo.Client {
-	cl, err := DialClients(context.Background(), addr, sample, clients)
+func dial(b *testing.B, addr string, sample any, clients int, opts ...echo.ClientOption) []*echo.Client {
+	cl, err := DialClients(context.Background(), addr, sample, clients, opts...)
 	if err != nil {
 		b.Fatal(err)
 	}

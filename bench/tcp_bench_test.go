@@ -20,3 +20,15 @@ func BenchmarkTCP(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkWireVersions: see bench.WireVersions. x_v1 is version 2's rate
+// over version 1's, measured in the same run.
+func BenchmarkWireVersions(b *testing.B) {
+	for _, w := range bench.Workloads() {
+		for _, clients := range []int{1, 16} {
+			b.Run(fmt.Sprintf("%s/clients=%d", w.Short, clients), func(b *testing.B) {
+				bench.WireVersions(b, w, clients)
+			})
+		}
+	}
+}

@@ -260,9 +260,13 @@ func (a *actor) viaRaw(ctx context.Context, conn net.Conn, left int) int {
 
 // kill ends conn abruptly, as a crashing process would: half the time with
 // a reset (unread acks make the kernel send one anyway), half with a FIN.
-func (a *actor) kill(conn net.Conn, kind int) {
+func (a *actor) kill(conn net.Conn, kind int) { a.killWith(conn, kind, a.rng.IntN(2) == 0) }
+
+// killWith is kill with the choice of a reset made: from goroutines other
+// than the actor's, which must not touch its rng.
+func (a *actor) killWith(conn net.Conn, kind int, reset bool) {
 	a.count.killed[kind].Add(1)
-	if tc, ok := conn.(*net.TCPConn); ok && a.rng.IntN(2) == 0 {
+	if tc, ok := conn.(*net.TCPConn); ok && reset {
 		tc.SetLinger(0)
 		a.count.reset.Add(1)
 	}
@@ -425,25 +429,26 @@ func (a *actor) viaReconnecting(ctx context.Context, first net.Conn) error {
 		at[i] = a.rng.IntN(a.cfg.Samples)
 	}
 	slices.Sort(at)
-	cut := func(kind int) {
+	cut := func(kind int, reset bool) {
 		mu.Lock()
 		conn := cur
 		mu.Unlock()
 		a.count.unacked.Add(uint64(c.Inflight()))
-		a.kill(conn, kind)
+		a.killWith(conn, kind, reset)
 	}
 	var cutters sync.WaitGroup
 	sent := 0
 	for ; sent < a.cfg.Samples; sent++ {
 		for len(at) > 0 && at[0] == sent {
 			at = at[1:]
+			reset := a.rng.IntN(2) == 0
 			if a.rng.IntN(2) == 0 {
-				cut(KillBetween)
+				cut(KillBetween, reset)
 			} else {
 				delay := time.Duration(a.rng.IntN(200)) * time.Microsecond
 				cutters.Go(func() {
 					time.Sleep(delay)
-					cut(KillMidSample)
+					cut(KillMidSample, reset)
 				})
 			}
 		}

@@ -367,7 +367,11 @@ func (c cell) measure(o options, dir string) (Result, error) {
 	}
 	var d time.Duration
 	if c.load == "go" {
-		d, err = goLoad(addr, c.w, c.clients, per, o.group)
+		var opts []echo.ClientOption
+		if c.server != "go" {
+			opts = append(opts, echo.WithWireVersion(1)) // echo's server: no probe to wait out
+		}
+		d, err = goLoad(addr, c.w, c.clients, per, o.group, opts...)
 	} else {
 		d, err = pythonLoad(o, dir, addr, c.w, c.clients, per)
 	}
@@ -461,10 +465,10 @@ func startEchoServer(o options, dir string, w bench.Workload) (string, func() er
 
 // goLoad is the Go load generator: clients connect, then each sends per
 // samples and waits for the acks; the clock covers the sending.
-func goLoad(addr string, w bench.Workload, clients, per, group int) (time.Duration, error) {
+func goLoad(addr string, w bench.Workload, clients, per, group int, opts ...echo.ClientOption) (time.Duration, error) {
 	ctx := context.Background()
 	sample := w.MustSample(1)
-	cl, err := bench.DialClients(ctx, addr, sample, clients)
+	cl, err := bench.DialClients(ctx, addr, sample, clients, opts...)
 	if err != nil {
 		return 0, err
 	}

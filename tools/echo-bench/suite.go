@@ -60,6 +60,9 @@ func suiteCases(quick bool) []suiteCase {
 		cs = append(cs, suiteCase{"layers", "Client.Send " + w.Short, func(b *testing.B) { bench.ClientSend(b, w) }})
 	}
 	cs = append(cs, suiteCase{"layers", "TrajectoryAdd, 32 W2 steps", func(b *testing.B) { bench.TrajectoryAdd(b, 32) }})
+	for _, w := range ws {
+		cs = append(cs, suiteCase{"versions", w.Short + "/16", func(b *testing.B) { bench.WireVersions(b, w, 16) }})
+	}
 	return cs
 }
 
@@ -131,6 +134,13 @@ func writeSuite(w io.Writer, rows []Row) {
 		}
 		m := r.Metrics
 		fmt.Fprintf(w, "| %s | %s | %.0f | %.0f | %.0f | %.0f | %.1f |\n", name, rate(m["samples/s"]), m["p50_µs"], m["p99_µs"], m["p99.9_µs"], m["floor_µs"], m["x_floor"])
+	}
+	fmt.Fprintln(w)
+	heading(w, "Wire version 2 against version 1 (16 Go clients, one server, same run)", "workload", "version 1", "version 2", "ratio", "version 2 with reconnection", "ratio", "allocs/op")
+	for _, r := range section(rows, "versions") {
+		m := r.Metrics
+		fmt.Fprintf(w, "| %s | %s | %s | %.2f | %s | %.2f | %d |\n", r.Name, rate(m["v1_samples/s"]), rate(m["samples/s"]), m["x_v1"],
+			rate(m["v2_reconnect_samples/s"]), m["x_v1_reconnect"], r.Allocs)
 	}
 	fmt.Fprintln(w)
 	heading(w, "Layers, each against its own ceiling", "layer", "rate", "ceiling", "ratio", "allocs/op")

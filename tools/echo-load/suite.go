@@ -418,7 +418,7 @@ func (s *suite) hostileShapes() {
 			}
 		}()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		c, err := echo.Dial(ctx, ln.Addr().String(), integrity.Example(body))
+		c, err := echo.Dial(ctx, ln.Addr().String(), integrity.Example(body), echo.WithWireVersion(1))
 		cancel()
 		ln.Close()
 		if err == nil {

@@ -1,0 +1,74 @@
+package bench
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/seed-a9ef92a1/echo"
+)
+
+// WireVersions measures what wire version 2 costs against echo's version
+// 1: the same Go clients send the same samples to a server of this
+// package, once in each version, and once more in version 2 with
+// reconnection on (echo.WithReconnect), whose Send copies each sample into
+// its replay buffer before writing it. The benchmark's own timer and
+// samples/s are version 2's; v1_samples/s and v2_reconnect_samples/s are
+// the others, and x_v1, x_v1_reconnect the ratios of version 2's rates to
+// version 1's (1 is free). The three run back to back in one run, each on
+// a fresh server once the kernel has settled the last one's sockets.
+//
+// Clients and server share this machine's cores: with 16 clients on 2
+// cores this measures contention, not scaling.
+func WireVersions(b *testing.B, w Workload, clients int) {
+	sample := w.MustSample(1)
+	per := (b.N + clients - 1) / clients
+	total := float64(per * clients)
+	b.SetBytes(int64(w.PayloadBytes))
+	b.ReportAllocs()
+	b.StopTimer()
+	SettleTCP()
+	v1 := timeVersion(b, w, sample, clients, per, false, []echo.Option{echo.WithVersion1Only()}, echo.WithWireVersion(1))
+	SettleTCP()
+	v2 := timeVersion(b, w, sample, clients, per, true, nil, echo.WithWireVersion(2))
+	SettleTCP()
+	v2r := timeVersion(b, w, sample, clients, per, false, nil, echo.WithReconnect(echo.Backoff{}))
+	b.ReportMetric(total/v2.Seconds(), "samples/s")
+	b.ReportMetric(total/v1.Seconds(), "v1_samples/s")
+	b.ReportMetric(total/v2r.Seconds(), "v2_reconnect_samples/s")
+	b.ReportMetric(v1.Seconds()/v2.Seconds(), "x_v1")
+	b.ReportMetric(v1.Seconds()/v2r.Seconds(), "x_v1_reconnect")
+}
+
+// timeVersion times clients sending per samples each to a fresh server
+// built with opts, dialed with copts; timed runs on the benchmark's clock.
+func timeVersion(b *testing.B, w Workload, sample any, clients, per int, timed bool, opts []echo.Option, copts ...echo.ClientOption) time.Duration {
+	s, err := echo.NewServer(sample, w.BatchSize, append([]echo.Option{echo.WithTCP("127.0.0.1:0")}, opts...)...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := s.Start(); err != nil {
+		b.Fatal(err)
+	}
+	var consumer sync.WaitGroup
+	consumer.Go(func() {
+		for {
+			if _, err := s.Sample(context.Background()); err != nil {
+				return
+			}
+		}
+	})
+	cl := dial(b, s.Addr().String(), sample, clients, copts...)
+	if timed {
+		b.StartTimer()
+	}
+	t0 := time.Now()
+	send(b, cl, sample, per, 1)
+	d := time.Since(t0)
+	b.StopTimer()
+	CloseClients(cl)
+	s.Close()
+	consumer.Wait()
+	return d
+}
