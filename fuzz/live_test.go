@@ -53,12 +53,25 @@ func FuzzLiveConnection(f *testing.F) {
 	f.Fuzz(liveOne)
 }
 
+// notProbe returns stream, changed in its first byte if it opens with
+// version 2's probe: these targets check version 1 streams, whose first
+// sample the server takes for a probe with odds of 2⁻⁶⁴ (docs/protocol.md);
+// FuzzLiveHello covers what follows a probe.
+func notProbe(stream []byte) []byte {
+	if bytes.HasPrefix(stream, []byte(wire.Probe)) {
+		stream = bytes.Clone(stream)
+		stream[0] ^= 0xff
+	}
+	return stream
+}
+
 // liveOne is one input of FuzzLiveConnection.
 func liveOne(t *testing.T, stream []byte, cut uint8) {
 	{
 		if len(stream) > 64*livePayload {
 			stream = stream[:64*livePayload]
 		}
+		stream = notProbe(stream)
 		s, err := liveServer()
 		if err != nil {
 			t.Fatal(err)
@@ -114,4 +127,74 @@ func wantWholeSamples(t *testing.T, s *echo.Server, c net.Conn, stream []byte) {
 			t.Fatalf("sample %d: % x, want % x", k, got, want)
 		}
 	}
+}
+
+// helloServer is FuzzLiveHello's server.
+var helloServer = sharedServer()
+
+// FuzzLiveHello sends the probe to a live server, reads the offer, and
+// sends the input as the hello (cut after the first valid hello it
+// holds), then half-closes. Whatever the bytes, the
+// server answers with at most one well-formed reply and then the end of
+// the stream (a refusal, or an acceptance followed by nothing more, since
+// no sample came), and no byte reaches the ring: the shared server must
+// stay empty.
+func FuzzLiveHello(f *testing.F) {
+	s, err := pytree.SpecOf(liveExample())
+	if err != nil {
+		f.Fatal(err)
+	}
+	good, err := wire.AppendHello(nil, wire.Hello{Leaves: wire.LeavesOf(s)})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(good)
+	f.Add(good[:len(good)-1])
+	f.Add([]byte{})
+	f.Add([]byte("ECH2\xff\xff\xff\x7f"))
+	bad, _ := wire.AppendHello(nil, wire.Hello{Session: wire.SessionID{1}, Leaves: wire.LeavesOf(s)})
+	f.Add(bad)
+	f.Fuzz(func(t *testing.T, hello []byte) {
+		srv, err := helloServer()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, n, err := wire.DecodeHello(hello, wire.Limits{}); err == nil {
+			// Bytes after a valid hello would be samples: not this
+			// target's business.
+			hello = hello[:n]
+		}
+		c, err := net.Dial("tcp", srv.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := wire.ReadHandshake(c, wire.Limits{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Write(append([]byte(wire.Probe), hello...)); err != nil {
+			t.Fatal(err)
+		}
+		c.(*net.TCPConn).CloseWrite()
+		got, err := io.ReadAll(c)
+		if err != nil && len(got) < wire.ProbeLen {
+			t.Fatalf("reading the answers: %v after % x", err, got)
+		}
+		if string(got[:wire.ProbeLen]) != wire.Offer {
+			t.Fatalf("answer to the probe % x, want the offer", got)
+		}
+		rest := got[wire.ProbeLen:]
+		if len(rest) > 0 {
+			if _, n, err := wire.DecodeReply(rest); err != nil || n != len(rest) {
+				t.Fatalf("after the offer % x: %v (%d of %d bytes)", rest, err, n, len(rest))
+			}
+		}
+		// Batches are of one sample: any byte in the ring would make one.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+		defer cancel()
+		if smp, err := srv.Sample(ctx); err == nil {
+			t.Fatalf("a hello reached the ring: %v", smp.Batch)
+		}
+	})
 }

@@ -52,6 +52,7 @@ func streamOne(t *testing.T, stream, plan []byte, overUnix bool) {
 	if len(stream) > 64*livePayload {
 		stream = stream[:64*livePayload]
 	}
+	stream = notProbe(stream)
 	s, err := streamServer()
 	if err != nil {
 		t.Fatal(err)
