@@ -31,6 +31,9 @@ var (
 	ErrSessionLost = errors.New("echo: session lost")
 )
 
+// replyTimeout bounds the wait for the server's reply to a hello.
+const replyTimeout = 10 * time.Second
+
 // negotiation is what the version 2 exchange settled.
 type negotiation struct {
 	version   uint8
@@ -58,8 +61,19 @@ func negotiate(ctx context.Context, conn net.Conn, spec *pytree.Spec, cfg *clien
 		}
 		return negotiation{version: wire.Version1}, nil
 	}
+	// ctx's end sets a deadline in the past, which fails the read or
+	// write under way. A deadline left set would fail the Client's later
+	// ones: whoever finds stop false reports ctx's end.
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
+	neg, err := exchange(ctx, conn, spec, cfg, session)
+	if !stop() && err == nil {
+		err = fmt.Errorf("negotiating version 2: %w", context.Cause(ctx))
+	}
+	return neg, err
+}
+
+// exchange is negotiate's exchange, with ctx's end watched by the caller.
+func exchange(ctx context.Context, conn net.Conn, spec *pytree.Spec, cfg *clientConfig, session wire.SessionID) (negotiation, error) {
 	if _, err := conn.Write([]byte(wire.Probe)); err != nil {
 		return negotiation{}, fmt.Errorf("sending the version 2 probe: %w", err)
 	}
@@ -76,7 +90,10 @@ func negotiate(ctx context.Context, conn net.Conn, spec *pytree.Spec, cfg *clien
 	if string(offer[:]) != wire.Offer {
 		return negotiation{}, fmt.Errorf("%w: the server answered the version 2 probe with % x", ErrBadMagic, offer)
 	}
-	if err := conn.SetReadDeadline(time.Time{}); err != nil {
+	// The reply may wait for the session's old connection to end on the
+	// server, never for long: a server that sends nothing is not waited
+	// for past replyTimeout, whatever ctx allows.
+	if err := conn.SetReadDeadline(time.Now().Add(replyTimeout)); err != nil {
 		return negotiation{}, err
 	}
 	hello, err := wire.AppendHello(nil, wire.Hello{Session: session, Leaves: wire.LeavesOf(spec)})
@@ -90,6 +107,13 @@ func negotiate(ctx context.Context, conn net.Conn, spec *pytree.Spec, cfg *clien
 	for {
 		r, _, err := wire.DecodeReply(buf)
 		if err == nil {
+			// Cleared before ctx's end set it, which the check finds.
+			if err := conn.SetReadDeadline(time.Time{}); err != nil {
+				return negotiation{}, err
+			}
+			if err := ctx.Err(); err != nil {
+				return negotiation{}, fmt.Errorf("negotiating version 2: %w", context.Cause(ctx))
+			}
 			return settle(r, session)
 		}
 		if err != wire.ErrShort {
