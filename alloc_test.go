@@ -4,6 +4,7 @@ package echo_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 
 	"github.com/seed-a9ef92a1/echo"
@@ -85,23 +86,29 @@ func TestTCPSendSampleAllocatesNothing(t *testing.T) {
 	for _, w := range bench.Workloads() {
 		for _, ws := range strategies {
 			for _, sc := range sendContexts(t) {
-				t.Run(w.Short+"/"+ws.String()+"/"+sc.name, func(t *testing.T) { tcpRound(t, sc.ctx, w, ws) })
+				for _, v := range []int{1, 2} {
+					name := fmt.Sprintf("%s/%s/%s/v%d", w.Short, ws, sc.name, v)
+					t.Run(name, func(t *testing.T) { tcpRound(t, sc.ctx, w, ws, v) })
+				}
 			}
 		}
 	}
 }
 
-func tcpRound(t *testing.T, ctx context.Context, w bench.Workload, ws echo.WaitStrategy) {
+func tcpRound(t *testing.T, ctx context.Context, w bench.Workload, ws echo.WaitStrategy, version int) {
 	sample := w.MustSample(1)
 	s := newServerFor(t, sample, w.BatchSize, echo.WithTCP("127.0.0.1:0"), echo.WithWaitStrategy(ws))
 	if err := s.Start(); err != nil {
 		t.Fatal(err)
 	}
-	c, err := echo.Dial(ctx, s.Addr().String(), sample)
+	c, err := echo.Dial(ctx, s.Addr().String(), sample, echo.WithWireVersion(version))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
+	if c.Version() != version {
+		t.Fatalf("version %d, want %d", c.Version(), version)
+	}
 	round := func() {
 		for range w.BatchSize {
 			if err := c.Send(ctx, sample); err != nil {
