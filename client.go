@@ -454,10 +454,12 @@ func equalShape(a, b []int) bool {
 
 // Send writes one sample, its leaves straight from the caller's arrays in
 // one write (a writev on Unix, WSASend on Windows). It waits first while
-// max_inflight samples are unacknowledged. A tree of the wrong size returns
-// ErrPayloadSize, one of the right size but another structure, dtype or
-// shape ErrSpecMismatch; either way nothing is sent. Once the connection is
-// gone Send returns ErrConnectionClosed.
+// max_inflight samples are unacknowledged. A tree that differs from the
+// example in structure, dtype or shape returns ErrSpecMismatch naming the
+// leaf, and nothing is sent. Once the connection is gone Send returns
+// ErrConnectionClosed; with WithReconnect, only once the Client has given
+// up on reconnecting (the cases below then differ too: see
+// WithReconnect).
 //
 // ctx bounds every wait:
 //
