@@ -13,29 +13,40 @@ import (
 
 // TestSubmitSampleAllocatesNothing proves the in-process hot path's zero
 // allocation claim: a batch of Submit calls and the Sample that takes it,
-// with either kind of context (sendContexts).
+// with either kind of context (sendContexts), on an anonymous ring and on
+// a shared one.
 func TestSubmitSampleAllocatesNothing(t *testing.T) {
+	memories := []struct {
+		name string
+		opts []echo.Option
+	}{{"anonymous", nil}, {"shared", []echo.Option{echo.WithSharedMemory()}}}
 	for _, w := range bench.Workloads() {
 		for _, sc := range sendContexts(t) {
-			t.Run(w.Short+"/"+sc.name, func(t *testing.T) {
-				sample := w.MustSample(1)
-				s := newServerFor(t, sample, w.BatchSize)
-				round := func() {
-					for range w.BatchSize {
-						if err := s.Submit(sc.ctx, sample); err != nil {
-							t.Fatal(err)
-						}
-					}
-					if _, err := s.Sample(sc.ctx); err != nil {
-						t.Fatal(err)
-					}
-				}
-				round() // warm the scratch pool
-				if n := testing.AllocsPerRun(20, round); n != 0 {
-					t.Fatalf("Submit×%d + Sample allocates %.1f times, want 0", w.BatchSize, n)
-				}
-			})
+			for _, m := range memories {
+				t.Run(w.Short+"/"+sc.name+"/"+m.name, func(t *testing.T) {
+					submitSampleRound(t, sc.ctx, w, m.opts...)
+				})
+			}
 		}
+	}
+}
+
+func submitSampleRound(t *testing.T, ctx context.Context, w bench.Workload, opts ...echo.Option) {
+	sample := w.MustSample(1)
+	s := newServerFor(t, sample, w.BatchSize, opts...)
+	round := func() {
+		for range w.BatchSize {
+			if err := s.Submit(ctx, sample); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := s.Sample(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	round() // warm the scratch pool
+	if n := testing.AllocsPerRun(20, round); n != 0 {
+		t.Fatalf("Submit×%d + Sample allocates %.1f times, want 0", w.BatchSize, n)
 	}
 }
 

@@ -51,6 +51,7 @@ type config struct {
 	authTimeout         time.Duration
 	sessionTTL          time.Duration
 	v1Only              bool
+	sharedMemory        bool
 	stagingBudget       int64
 	stallTimeout        time.Duration
 	wait                WaitStrategy
@@ -207,6 +208,17 @@ func WithStallTimeout(d time.Duration) Option { return func(c *config) { c.stall
 // reconnects within it resumes where the server's commits stopped, one
 // that comes later has lost its session (ErrSessionLost).
 func WithSessionTTL(d time.Duration) Option { return func(c *config) { c.sessionTTL = d } }
+
+// WithSharedMemory puts the server's ring in a memfd mapped shared
+// instead of private anonymous memory, so that another process given the
+// fd can map the same slabs (the first step of learner processes reading
+// batches with no copy). Memory().Kind says which pages it got: hugetlbfs
+// pages where the host reserved enough (vm.nr_hugepages), shmem
+// transparent huge pages where
+// /sys/kernel/mm/transparent_hugepage/shmem_enabled allows them, base
+// pages otherwise (the kernel's default). Off by default: the anonymous
+// ring gets transparent huge pages on more hosts.
+func WithSharedMemory() Option { return func(c *config) { c.sharedMemory = true } }
 
 // WithVersion1Only makes the server speak echo's wire version 1 alone: it
 // takes no look at a connection's first bytes for version 2's probe, and

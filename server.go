@@ -114,6 +114,7 @@ func NewServer(example any, batchSize int, opts ...Option) (*Server, error) {
 	}
 	ring, err := ringbuf.New(ringbuf.Layout{
 		BatchSize: batchSize, NumSlabs: cfg.numBuffers, LeafBytes: leafBytes, Detailed: cfg.detailedMetrics,
+		Shared: cfg.sharedMemory,
 	})
 	if err != nil {
 		if errors.Is(err, ringbuf.ErrTooLarge) {
@@ -236,7 +237,8 @@ func (s *Server) Spec() *pytree.Spec { return s.spec }
 // BatchSize returns the number of samples per batch.
 func (s *Server) BatchSize() int { return s.batchSize }
 
-// Memory says how the ring was mapped, huge pages included.
+// Memory says how the ring was mapped, huge pages included: its Kind is
+// ringbuf.KindAnonymous, or with WithSharedMemory one of the memfd kinds.
 func (s *Server) Memory() ringbuf.MemoryInfo { return s.ring.Memory() }
 
 // Submit validates tree against the example and writes it into the next free

@@ -15,6 +15,7 @@ import (
 
 	"github.com/seed-a9ef92a1/echo"
 	"github.com/seed-a9ef92a1/echo/pytree"
+	"github.com/seed-a9ef92a1/echo/ringbuf"
 )
 
 func newServer(t testing.TB, batch int, opts ...echo.Option) *echo.Server {
@@ -135,6 +136,36 @@ func TestBatchShapesViewRing(t *testing.T) {
 	}
 	if smp.Info.SamplesInsertedTotal != 4 || smp.Info.NotifyCount != 1 {
 		t.Errorf("info %+v: want 4 inserted, 1 notify", smp.Info)
+	}
+}
+
+// TestSharedMemoryServer: a server whose ring is shared takes samples and
+// hands out batches as the default one does, and says so in Memory.
+func TestSharedMemoryServer(t *testing.T) {
+	if kind := newServer(t, 4).Memory().Kind; kind != ringbuf.KindAnonymous {
+		t.Errorf("default server: ring kind %q, want %q", kind, ringbuf.KindAnonymous)
+	}
+	s := newServer(t, 4, echo.WithSharedMemory())
+	m := s.Memory()
+	if !slices.Contains([]string{ringbuf.KindMemfdHugeTLB, ringbuf.KindMemfdTHP, ringbuf.KindMemfd}, m.Kind) || m.Bytes == 0 {
+		t.Fatalf("shared server: memory %+v, want a memfd kind", m)
+	}
+	t.Logf("shared ring: %+v", m)
+	for round := range 3 { // wraps the ring of 3 slabs
+		for seq := range 4 {
+			if err := s.Submit(t.Context(), numbered(round, seq)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		smp, err := s.Sample(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, r := range checkBatch(t, smp, 4) {
+			if r != [2]int{round, i} {
+				t.Fatalf("round %d row %d: producer %d seq %d", round, i, r[0], r[1])
+			}
+		}
 	}
 }
 

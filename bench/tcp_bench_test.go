@@ -32,3 +32,13 @@ func BenchmarkWireVersions(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkSharedRing: see bench.SharedRing. x_anon is the shared ring's
+// rate over the anonymous ring's, measured in the same run.
+func BenchmarkSharedRing(b *testing.B) {
+	for _, w := range bench.Workloads() {
+		b.Run(fmt.Sprintf("%s/clients=16", w.Short), func(b *testing.B) {
+			bench.SharedRing(b, w, 16)
+		})
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/seed-a9ef92a1/echo"
+	"github.com/seed-a9ef92a1/echo/ringbuf"
 )
 
 // WireVersions measures what wire version 2 costs against echo's version
@@ -36,18 +37,20 @@ func WireVersions(b *testing.B, w Workload, clients int) {
 	half := (per + 1) / 2
 	one := func() time.Duration {
 		SettleTCP()
-		return timeVersion(b, w, sample, clients, half, false, []echo.Option{echo.WithVersion1Only()}, echo.WithWireVersion(1))
+		d, _ := timeIngest(b, w, sample, clients, half, false, []echo.Option{echo.WithVersion1Only()}, echo.WithWireVersion(1))
+		return d
 	}
 	two := func() time.Duration {
 		SettleTCP()
-		return timeVersion(b, w, sample, clients, half, true, nil, echo.WithWireVersion(2))
+		d, _ := timeIngest(b, w, sample, clients, half, true, nil, echo.WithWireVersion(2))
+		return d
 	}
 	v1 := one()
 	v2 := two()
 	v2 += two()
 	v1 += one()
 	SettleTCP()
-	v2r := timeVersion(b, w, sample, clients, 2*half, false, nil, echo.WithReconnect(echo.Backoff{}))
+	v2r, _ := timeIngest(b, w, sample, clients, 2*half, false, nil, echo.WithReconnect(echo.Backoff{}))
 	total = float64(2 * half * clients)
 	b.ReportMetric(total/v2.Seconds(), "samples/s")
 	b.ReportMetric(total/v1.Seconds(), "v1_samples/s")
@@ -56,9 +59,11 @@ func WireVersions(b *testing.B, w Workload, clients int) {
 	b.ReportMetric(v1.Seconds()/v2r.Seconds(), "x_v1_reconnect")
 }
 
-// timeVersion times clients sending per samples each to a fresh server
-// built with opts, dialed with copts; timed runs on the benchmark's clock.
-func timeVersion(b *testing.B, w Workload, sample any, clients, per int, timed bool, opts []echo.Option, copts ...echo.ClientOption) time.Duration {
+// timeIngest times clients sending per samples each to a fresh server
+// built with opts, dialed with copts, and returns the time and how the
+// server's ring was mapped; timed runs on the benchmark's clock. It is
+// the one timed half of WireVersions and SharedRing.
+func timeIngest(b *testing.B, w Workload, sample any, clients, per int, timed bool, opts []echo.Option, copts ...echo.ClientOption) (time.Duration, ringbuf.MemoryInfo) {
 	s, err := echo.NewServer(sample, w.BatchSize, append([]echo.Option{echo.WithTCP("127.0.0.1:0")}, opts...)...)
 	if err != nil {
 		b.Fatal(err)
@@ -83,7 +88,8 @@ func timeVersion(b *testing.B, w Workload, sample any, clients, per int, timed b
 	d := time.Since(t0)
 	b.StopTimer()
 	CloseClients(cl)
+	mem := s.Memory()
 	s.Close()
 	consumer.Wait()
-	return d
+	return d, mem
 }

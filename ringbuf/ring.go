@@ -1,7 +1,9 @@
 // Package ringbuf is the ring of batch slabs that samples are written into
 // and batches are read out of.
 //
-// The ring is one anonymous mapping of NumSlabs slabs. A slab holds one
+// The ring is one mapping of NumSlabs slabs: private and anonymous, or
+// (Layout.Shared) a memfd mapped shared, which another process given FD
+// can map to read the same slabs at the same offsets. A slab holds one
 // batch: leaf j of the batch is one contiguous block of BatchSize·LeafBytes[j]
 // bytes, aligned to 64 bytes, so slot i of leaf j lives at
 // slab + blockOffset[j] + i·LeafBytes[j]. Handing a full slab to the consumer
@@ -80,6 +82,14 @@ type Layout struct {
 	// Detailed makes Claim count CAS successes, CAS failures and retries
 	// after a full ring (Stats). Off, they cost one predictable branch.
 	Detailed bool
+	// Shared puts the ring in a memfd mapped MAP_SHARED instead of private
+	// anonymous memory, so that another process given FD can map the same
+	// slabs. It takes hugetlbfs pages where enough are reserved and free,
+	// shmem transparent huge pages where the host allows them, base pages
+	// otherwise; Memory().Kind says which. Off by default: the anonymous
+	// ring gets transparent huge pages on more hosts (shmem's are off by
+	// the kernel's default).
+	Shared bool
 }
 
 // cursor is an absolute position on a cache line of its own: 8 bytes of value,
@@ -119,6 +129,7 @@ type Ring struct {
 	blockOff  []int  // offset of each leaf's block inside a slab
 	slabs     []slabState
 	memInfo   MemoryInfo
+	fd        int // the memfd of a shared ring, -1 for an anonymous one; closed by Free
 	detailed  bool
 	ready     chan struct{} // capacity 1; a token means "some slab filled up"
 	done      chan struct{} // closed by Close
@@ -195,6 +206,7 @@ func New(l Layout) (*Ring, error) {
 		blockOff:  make([]int, len(l.LeafBytes)),
 		ready:     make(chan struct{}, 1),
 		done:      make(chan struct{}),
+		fd:        -1,
 	}
 	r.spaceCond.L = &r.spaceMu
 
@@ -230,11 +242,11 @@ func New(l Layout) (*Ring, error) {
 	r.slabs = make([]slabState, l.NumSlabs)
 	r.capacity = capacity
 
-	mem, info, err := mapRing(int(alignUp(total, hugePageSize)))
+	mem, fd, info, err := mapRing(int(alignUp(total, hugePageSize)), l.Shared)
 	if err != nil {
 		return nil, err
 	}
-	r.mem, r.memInfo = mem, info
+	r.mem, r.fd, r.memInfo = mem, fd, info
 	return r, nil
 }
 
@@ -253,6 +265,22 @@ func (r *Ring) Capacity() int { return int(r.capacity) }
 
 // Memory says how the ring's memory was mapped.
 func (r *Ring) Memory() MemoryInfo { return r.memInfo }
+
+// FD returns the memfd holding a shared ring (Layout.Shared), or -1 for an
+// anonymous ring and after Free. The ring owns it and closes it in Free;
+// a process it is sent to (SCM_RIGHTS) receives a descriptor of its own,
+// which Free leaves open.
+// Offsets into it are offsets into the mapping: LeafBlock(s, j) starts at
+// byte s·SlabBytes() + LeafOffset(j). Its size is sealed (F_SEAL_SHRINK,
+// F_SEAL_GROW), so that no holder of the fd can cut the mapping short.
+func (r *Ring) FD() int { return r.fd }
+
+// SlabBytes returns the bytes between the starts of consecutive slabs in
+// the mapping, a multiple of BlockAlign.
+func (r *Ring) SlabBytes() int { return r.slabBytes }
+
+// LeafOffset returns the offset of leaf j's block inside every slab.
+func (r *Ring) LeafOffset(j int) int { return r.blockOff[j] }
 
 // LeafBlock returns leaf j's block of slab s: BatchSize·LeafBytes[j] bytes.
 // The slice views ring memory, which stays mapped until Free.
@@ -736,18 +764,27 @@ func (r *Ring) wakeSpace() {
 	r.wakers = r.wakers[:0]
 }
 
-// Free unmaps the ring. The caller must make sure that no writer is between
-// Reserve and Commit and that no view of the memory is used again; any
-// access after Free faults. Free closes the ring if needed and is idempotent.
+// Free unmaps the ring and closes its memfd, if shared. The caller must
+// make sure that no writer is between Reserve and Commit and that no view
+// of the memory is used again; any access after Free faults. Another
+// process that mapped the memfd keeps its mapping, and with it the pages.
+// Free closes the ring if needed and is idempotent.
 func (r *Ring) Free() error {
 	r.Close()
-	if r.mem == nil {
-		return nil
+	var errs []error
+	if r.mem != nil {
+		mem := r.mem
+		r.mem = nil
+		if err := unix.Munmap(mem); err != nil {
+			errs = append(errs, os.NewSyscallError("munmap", err))
+		}
 	}
-	mem := r.mem
-	r.mem = nil
-	if err := unix.Munmap(mem); err != nil {
-		return os.NewSyscallError("munmap", err)
+	if r.fd >= 0 {
+		fd := r.fd
+		r.fd = -1
+		if err := unix.Close(fd); err != nil {
+			errs = append(errs, os.NewSyscallError("close memfd", err))
+		}
 	}
-	return nil
+	return errors.Join(errs...)
 }

@@ -101,8 +101,22 @@ func TestHotFieldsOnOwnLines(t *testing.T) {
 	}
 }
 
-func TestBlocksAlignedAndContiguous(t *testing.T) {
-	r := mustNew(t, Layout{BatchSize: 5, NumSlabs: 3, LeafBytes: []int{3, 0, 28232, 4, 1}})
+// forEachMemory runs test on an anonymous ring's layout and on a shared
+// one's.
+func forEachMemory(t *testing.T, test func(t *testing.T, shared bool)) {
+	for _, shared := range []bool{false, true} {
+		name := "anonymous"
+		if shared {
+			name = "shared"
+		}
+		t.Run(name, func(t *testing.T) { test(t, shared) })
+	}
+}
+
+func TestBlocksAlignedAndContiguous(t *testing.T) { forEachMemory(t, testBlocksAlignedAndContiguous) }
+
+func testBlocksAlignedAndContiguous(t *testing.T, shared bool) {
+	r := mustNew(t, Layout{BatchSize: 5, NumSlabs: 3, LeafBytes: []int{3, 0, 28232, 4, 1}, Shared: shared})
 	if r.Capacity() != 15 {
 		t.Fatalf("capacity %d, want 15", r.Capacity())
 	}
@@ -114,6 +128,9 @@ func TestBlocksAlignedAndContiguous(t *testing.T) {
 			}
 			if n > 0 && uintptr(unsafe.Pointer(&b[0]))%BlockAlign != 0 {
 				t.Errorf("slab %d leaf %d block not %d-aligned", s, j, BlockAlign)
+			}
+			if n > 0 && &b[0] != &r.mem[s*r.SlabBytes()+r.LeafOffset(j)] {
+				t.Errorf("slab %d leaf %d block is not at SlabBytes·%d + LeafOffset(%d)", s, j, s, j)
 			}
 			for i := range 5 {
 				pos := uint64(s*5 + i)
@@ -237,14 +254,16 @@ func TestCloseWakesWriterWaitingForSpace(t *testing.T) {
 // against one consumer on a tiny ring, so that the ring wraps thousands of
 // times, and checks that every sample arrives once, in each writer's order,
 // with its bytes intact.
-func TestStressExactlyOnce(t *testing.T) {
+func TestStressExactlyOnce(t *testing.T) { forEachMemory(t, testStressExactlyOnce) }
+
+func testStressExactlyOnce(t *testing.T, shared bool) {
 	const writers = 8
 	perWriter := 20_000
 	if testing.Short() {
 		perWriter = 2_000
 	}
 	const batch = 16
-	r := mustNew(t, Layout{BatchSize: batch, NumSlabs: 3, LeafBytes: []int{8, 3, 4}})
+	r := mustNew(t, Layout{BatchSize: batch, NumSlabs: 3, LeafBytes: []int{8, 3, 4}, Shared: shared})
 
 	var wg sync.WaitGroup
 	live, stop := context.WithCancel(context.Background())

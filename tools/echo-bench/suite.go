@@ -63,6 +63,9 @@ func suiteCases(quick bool) []suiteCase {
 	for _, w := range ws {
 		cs = append(cs, suiteCase{"versions", w.Short + "/16", func(b *testing.B) { bench.WireVersions(b, w, 16) }})
 	}
+	for _, w := range ws {
+		cs = append(cs, suiteCase{"shared", w.Short + "/16", func(b *testing.B) { bench.SharedRing(b, w, 16) }})
+	}
 	return cs
 }
 
@@ -143,6 +146,14 @@ func writeSuite(w io.Writer, rows []Row) {
 			rate(m["v2_reconnect_samples/s"]), m["x_v1_reconnect"], r.Allocs)
 	}
 	fmt.Fprintln(w)
+	heading(w, "Shared ring against the anonymous ring (16 Go clients, one server each, same run)",
+		"workload", "anonymous ring", "shared ring", "ratio", "anonymous ring's pages", "shared ring's pages", "allocs/op")
+	for _, r := range section(rows, "shared") {
+		m := r.Metrics
+		fmt.Fprintf(w, "| %s | %s | %s | %.2f | %s | %s | %d |\n", r.Name, rate(m["anon_samples/s"]), rate(m["samples/s"]), m["x_anon"],
+			ringPages(m, "anon"), ringPages(m, "shared"), r.Allocs)
+	}
+	fmt.Fprintln(w)
 	heading(w, "Layers, each against its own ceiling", "layer", "rate", "ceiling", "ratio", "allocs/op")
 	for _, r := range section(rows, "layers") {
 		m := r.Metrics
@@ -158,6 +169,22 @@ func writeSuite(w io.Writer, rows []Row) {
 		}
 	}
 	fmt.Fprintln(w)
+}
+
+// ringPages names the pages a ring of bench.SharedRing got, from its
+// metrics with the given prefix ("shared", "anon").
+func ringPages(m map[string]float64, prefix string) string {
+	huge := m[prefix+"_hugepages"]
+	switch {
+	case m[prefix+"_hugetlb"] == 1:
+		return fmt.Sprintf("hugetlbfs 2 MiB (%.0f%%)", 100*huge)
+	case huge > 0:
+		return fmt.Sprintf("THP, %.0f%% huge", 100*huge)
+	case m[prefix+"_thp"] == 1:
+		return "THP advised, 4 KiB given"
+	default:
+		return "4 KiB"
+	}
 }
 
 // heading starts a Markdown table: its title, then the header row.
