@@ -514,6 +514,14 @@ func (r *Ring) commit(res Reservation) (completed, woke bool) {
 // done first.
 func (r *Ring) Next(ctx context.Context) (slab int, err error) {
 	r.Release()
+	slab, err = r.await(ctx)
+	r.holding = err == nil
+	return slab, err
+}
+
+// await waits until batch r.next is complete and hands it out: Next's and
+// Take's wait. One goroutine at a time.
+func (r *Ring) await(ctx context.Context) (slab int, err error) {
 	s := r.next % r.numSlabs
 	if r.spin != 0 && !r.ready1(s) {
 		if err := r.spinFor(ctx, s); err != nil {
@@ -527,7 +535,6 @@ func (r *Ring) Next(ctx context.Context) (slab int, err error) {
 		if r.ready1(s) {
 			r.waiting.Store(false)
 			r.next++
-			r.holding = true
 			return int(s), nil
 		}
 		// Announce the wait, then look again: either that look sees the
@@ -603,7 +610,12 @@ func (r *Ring) Release() {
 		return
 	}
 	r.holding = false
-	s := (r.next - 1) % r.numSlabs
+	r.releaseSlab((r.next - 1) % r.numSlabs)
+}
+
+// releaseSlab hands slab s, the oldest not yet released, back to the
+// writers.
+func (r *Ring) releaseSlab(s uint64) {
 	r.slabs[s].commit.Store(0)
 	// This add hands the slab's slots to writers; it orders the reset above
 	// before any writer's claim of them.
