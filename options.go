@@ -52,6 +52,7 @@ type config struct {
 	sessionTTL          time.Duration
 	v1Only              bool
 	sharedMemory        bool
+	learnerSocket       string
 	stagingBudget       int64
 	stallTimeout        time.Duration
 	wait                WaitStrategy

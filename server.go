@@ -75,6 +75,13 @@ type Server struct {
 	lastInfo SampleInfo
 	batches  uint64
 
+	// cons hands batches to learner processes (WithLearnerSocket), whose
+	// service learners is, once Start has listened.
+	cons     *ringbuf.Consumers
+	learners *learners
+	// done is closed once Close has finished.
+	done chan struct{}
+
 	// startMu serialises Start with Close; addrs is set by Start under it.
 	startMu   sync.Mutex
 	started   bool
@@ -129,6 +136,10 @@ func NewServer(example any, batchSize int, opts ...Option) (*Server, error) {
 		batchSpec: spec.Batched(batchSize),
 		batchSize: batchSize,
 		ring:      ring,
+		done:      make(chan struct{}),
+	}
+	if cfg.learnerSocket != "" {
+		s.cons = ringbuf.NewConsumers(ring)
 	}
 	nleaves := spec.NumLeaves()
 	s.scratch.New = func() any {
@@ -181,6 +192,17 @@ func (s *Server) Start() error {
 		return ErrStarted
 	}
 	s.started = true
+	if err := s.startTransports(); err != nil {
+		return err
+	}
+	if s.cfg.learnerSocket != "" {
+		return s.startLearners()
+	}
+	return nil
+}
+
+// startTransports listens on the actors' transports. Under startMu.
+func (s *Server) startTransports() error {
 	if len(s.cfg.transports) == 0 {
 		return nil
 	}
@@ -315,6 +337,9 @@ func (s *Server) write(ctx context.Context, leaves []pytree.Array) error {
 //
 // Sample allocates nothing.
 func (s *Server) Sample(ctx context.Context) (Sample, error) {
+	if s.cons != nil {
+		return Sample{}, errLearners
+	}
 	s.consumeMu.Lock()
 	defer s.consumeMu.Unlock()
 	slab, err := s.ring.Next(ctx)
@@ -344,9 +369,15 @@ func (s *Server) Sample(ctx context.Context) (Sample, error) {
 	return Sample{Batch: tree, Leaves: out, Info: info, spec: s.batchSpec}, nil
 }
 
-// info takes the metrics snapshot. Consumer only; allocates nothing.
+// info takes the metrics snapshot. Consumer only (a learner's goroutine,
+// with learners); allocates nothing.
 func (s *Server) info() SampleInfo {
-	st := s.ring.Stats()
+	var st ringbuf.Stats
+	if s.cons != nil {
+		st = s.cons.Stats()
+	} else {
+		st = s.ring.Stats()
+	}
 	ps := s.pool.Stats()
 	in := SampleInfo{
 		StoreSize:            int64(st.Stored),
@@ -450,6 +481,11 @@ func (s *Server) Close() error {
 		// Stops accepting and closes every connection: their clients see
 		// the connection end.
 		s.closeErr = s.pool.Close()
+		s.startMu.Lock()
+		if s.learners != nil {
+			s.learners.close()
+		}
+		s.startMu.Unlock()
 		// Writers woken by ring.Close leave within a copy's time.
 		for s.writers.Load() != 0 {
 			runtime.Gosched()
@@ -461,11 +497,16 @@ func (s *Server) Close() error {
 			s.freeIfIdle()
 		}
 		s.consumeMu.Unlock()
+		close(s.done)
 	})
 	s.consumeMu.Lock()
 	defer s.consumeMu.Unlock()
 	return errors.Join(s.closeErr, s.freeErr)
 }
+
+// Done is closed once Close has finished: by the caller, or by a learner's
+// CLOSE (WithLearnerSocket).
+func (s *Server) Done() <-chan struct{} { return s.done }
 
 // freeIfIdle unmaps the ring once Close has drained the writers. Called
 // under consumeMu when the consumer holds no batch.

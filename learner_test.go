@@ -1,0 +1,281 @@
+//go:build linux
+
+package echo_test
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/seed-a9ef92a1/echo"
+	"github.com/seed-a9ef92a1/echo/wire"
+)
+
+// goLearner is a learner process's side of docs/learner.md, in Go: what a
+// Python learner does, for the tests of the server's side.
+type goLearner struct {
+	t       testing.TB
+	c       *net.UnixConn
+	welcome wire.Welcome
+	mem     []byte // the ring, mapped read-only from the memfd
+}
+
+func attachLearner(t testing.TB, path string) *goLearner {
+	t.Helper()
+	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := c.Write(wire.AppendLearnerHello(nil)); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1<<16)
+	oob := make([]byte, unix.CmsgSpace(4))
+	n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+	if err != nil || len(msgs) != 1 {
+		t.Fatalf("control messages %v, %v", msgs, err)
+	}
+	fds, err := unix.ParseUnixRights(&msgs[0])
+	if err != nil || len(fds) != 1 {
+		t.Fatalf("rights %v, %v", fds, err)
+	}
+	defer unix.Close(fds[0]) // the mapping keeps the memory
+	total, err := wire.FrameLen(buf[:n], wire.MaxFrame)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n < total {
+		if _, err := io.ReadFull(c, buf[n:total]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	typ, body, _, err := wire.DecodeFrame(buf[:total], wire.MaxFrame)
+	if err != nil || typ != wire.FrameWelcome {
+		t.Fatalf("first frame type %d, %v", typ, err)
+	}
+	l := &goLearner{t: t, c: c}
+	if err := json.Unmarshal(body, &l.welcome); err != nil {
+		t.Fatal(err)
+	}
+	l.mem, err = unix.Mmap(fds[0], 0, l.welcome.MappingBytes, unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		c.Close()
+		unix.Munmap(l.mem)
+	})
+	return l
+}
+
+// request sends a frame and reads the answer.
+func (l *goLearner) request(typ uint8, body []byte) (uint8, []byte, error) {
+	if _, err := l.c.Write(wire.AppendFrame(nil, typ, body)); err != nil {
+		return 0, nil, err
+	}
+	var head [wire.FrameHeaderLen]byte
+	if _, err := io.ReadFull(l.c, head[:]); err != nil {
+		return 0, nil, err
+	}
+	n, err := wire.FrameLen(head[:], wire.MaxFrame)
+	if err != nil {
+		return 0, nil, err
+	}
+	out := make([]byte, n-wire.FrameHeaderLen)
+	_, err = io.ReadFull(l.c, out)
+	return head[4], out, err
+}
+
+// next takes a batch and returns the (producer, seq) of its rows, read
+// from the learner's own mapping of the ring; ok is false once closed.
+func (l *goLearner) next() (rows [][2]int, slab int, ok bool) {
+	typ, body, err := l.request(wire.FrameNext, nil)
+	if err != nil {
+		l.t.Fatalf("NEXT: %v", err)
+	}
+	if typ == wire.FrameClosed {
+		return nil, 0, false
+	}
+	b, err := wire.DecodeBatch(body)
+	if typ != wire.FrameBatch || err != nil {
+		l.t.Fatalf("NEXT answered with type %d: %v", typ, err)
+	}
+	w := l.welcome
+	leaf := w.Leaves[len(w.Leaves)-1] // z_id: int64[2], last in sorted order
+	if leaf.Path != "z_id" {
+		l.t.Fatalf("last leaf %s", leaf.Path)
+	}
+	base := int(b.Slab)*w.SlabBytes + leaf.Offset
+	for r := range w.BatchSize {
+		row := l.mem[base+16*r : base+16*r+16]
+		rows = append(rows, [2]int{int(binary.LittleEndian.Uint64(row)), int(binary.LittleEndian.Uint64(row[8:]))})
+	}
+	return rows, int(b.Slab), true
+}
+
+func learnerServer(t *testing.T, batch int, opts ...echo.Option) (*echo.Server, string) {
+	path := filepath.Join(t.TempDir(), "learner.sock")
+	s := newServerFor(t, numbered(0, 0), batch, append([]echo.Option{echo.WithLearnerSocket(path), echo.WithTCP("127.0.0.1:0")}, opts...)...)
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return s, path
+}
+
+// TestLearnersTakeEveryBatchOnce: four learners attached to one server, fed
+// by 16 TCP clients, read in their own mappings every sample exactly once
+// between them; the server's own memory is never copied for them.
+func TestLearnersTakeEveryBatchOnce(t *testing.T) {
+	const batch, clients, per = 8, 16, 200
+	s, path := learnerServer(t, batch)
+	var mu sync.Mutex
+	seen := make(map[[2]int]int)
+	var learners sync.WaitGroup
+	got := make(chan struct{}, clients*per/batch)
+	for range 4 {
+		l := attachLearner(t, path)
+		if l.welcome.Memory.Kind != s.Memory().Kind || l.welcome.Port == 0 {
+			t.Fatalf("welcome %+v", l.welcome)
+		}
+		learners.Go(func() {
+			for {
+				rows, _, ok := l.next()
+				if !ok {
+					return
+				}
+				mu.Lock()
+				for _, r := range rows {
+					seen[r]++
+				}
+				mu.Unlock()
+				got <- struct{}{}
+			}
+		})
+	}
+	var actors sync.WaitGroup
+	for p := range clients {
+		actors.Go(func() {
+			c, err := echo.Dial(t.Context(), s.Addr().String(), numbered(0, 0))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer c.Close()
+			for seq := range per {
+				if err := c.Send(t.Context(), numbered(p+1, seq)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+			if err := c.Wait(t.Context()); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	actors.Wait()
+	for range clients * per / batch {
+		select {
+		case <-got:
+		case <-time.After(20 * time.Second):
+			t.Fatal("batches stopped coming")
+		}
+	}
+	s.Close()
+	learners.Wait()
+	if len(seen) != clients*per {
+		t.Fatalf("%d distinct samples, want %d", len(seen), clients*per)
+	}
+	for k, n := range seen {
+		if n != 1 || k[0] < 1 || k[0] > clients || k[1] >= per {
+			t.Fatalf("sample %v seen %d times", k, n)
+		}
+	}
+}
+
+// TestLearnerDeathReleasesItsBatch: a learner that leaves holding a batch
+// gives it back (not redelivered), and the next learner goes on.
+func TestLearnerDeathReleasesItsBatch(t *testing.T) {
+	const batch = 4
+	s, path := learnerServer(t, batch, echo.WithNumBuffers(2))
+	dead := attachLearner(t, path)
+	for seq := range 3 * batch {
+		if seq == 2*batch {
+			// Two slabs full: the first goes to the learner that dies.
+			rows, _, ok := dead.next()
+			if !ok || rows[0] != [2]int{1, 0} {
+				t.Fatalf("first batch %v", rows)
+			}
+			dead.c.Close()
+		}
+		if err := s.Submit(t.Context(), numbered(1, seq)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	next := attachLearner(t, path)
+	for _, first := range []int{batch, 2 * batch} {
+		rows, _, ok := next.next()
+		if !ok || rows[0] != [2]int{1, first} {
+			t.Fatalf("batch %v, want the one from seq %d", rows, first)
+		}
+	}
+}
+
+// TestLearnerRequests: SUBMIT, RELEASE, a bad frame, and CLOSE, which
+// answers another learner's waiting NEXT with CLOSED and ends the server.
+func TestLearnerRequests(t *testing.T) {
+	s, path := learnerServer(t, 1)
+	a, b := attachLearner(t, path), attachLearner(t, path)
+	if typ, _, err := a.request(wire.FrameSubmit, wireBytes(3, 4)); err != nil || typ != wire.FrameOK {
+		t.Fatalf("SUBMIT: type %d, %v", typ, err)
+	}
+	if typ, msg, _ := a.request(wire.FrameSubmit, []byte{1, 2}); typ != wire.FrameError || len(msg) == 0 {
+		t.Fatalf("short SUBMIT: type %d %q", typ, msg)
+	}
+	if rows, _, ok := a.next(); !ok || rows[0] != [2]int{3, 4} {
+		t.Fatalf("batch %v", rows)
+	}
+	if typ, _, _ := a.request(wire.FrameRelease, nil); typ != wire.FrameOK {
+		t.Fatalf("RELEASE: type %d", typ)
+	}
+	if typ, _, _ := a.request(99, nil); typ != wire.FrameError {
+		t.Fatalf("frame 99: type %d", typ)
+	}
+	if _, err := s.Sample(t.Context()); !errors.Is(err, echo.ErrBadConfig) {
+		t.Fatalf("Sample on a server with learners: %v", err)
+	}
+	waiting := make(chan bool)
+	go func() {
+		_, _, ok := b.next()
+		waiting <- ok
+	}()
+	time.Sleep(20 * time.Millisecond)
+	if typ, _, _ := a.request(wire.FrameClose, nil); typ != wire.FrameOK {
+		t.Fatalf("CLOSE: type %d", typ)
+	}
+	select {
+	case ok := <-waiting:
+		if ok {
+			t.Fatal("a waiting NEXT got a batch after CLOSE")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a waiting NEXT was not answered after CLOSE")
+	}
+	select {
+	case <-s.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("CLOSE did not close the server")
+	}
+}
