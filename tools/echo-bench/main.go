@@ -58,6 +58,7 @@ type options struct {
 	suite      bool
 	interop    bool
 	latency    bool
+	learners   bool
 	clients    []int
 	workloads  []string
 	group      int
@@ -85,6 +86,7 @@ func main() {
 	fs.IntVar(&o.group, "group", 1, "samples per Go client call: 1 is Client.Send, more is Client.SendBatch")
 	fs.BoolVar(&o.suite, "suite", true, "run the benchmark suite, layer by layer")
 	fs.BoolVar(&o.interop, "interop", true, "run the comparison with echo's own server and client")
+	fs.BoolVar(&o.learners, "learners", true, "run the learner section: echo's Python API on this engine (echo_go) beside echo's own, and Go's Sample")
 	fs.BoolVar(&o.latency, "latency", true, "run the latency section: learner and actor in separate processes, at fixed rates, beside the reference and echo's own server")
 	var latencyChildArg string
 	fs.StringVar(&latencyChildArg, "latency-child", "", "internal, for --latency: serve as a learner process of `KIND:BATCH:WAIT`")
@@ -153,6 +155,7 @@ type Report struct {
 	Suite       []Row        `json:"suite,omitempty"`
 	Results     []Result     `json:"results"`
 	Latency     []LatencyRow `json:"latency,omitempty"`
+	Learners    []LearnerRow `json:"learners,omitempty"`
 	// PingPong is the floor of the latency section: p50 and p99 round
 	// trips to a sink in another process, µs.
 	PingPong [2]float64 `json:"ping_pong_us,omitempty"`
@@ -271,6 +274,13 @@ func run(o options) error {
 		}
 		rep.Results = append(rep.Results, r)
 	}
+	if o.learners {
+		rep.Learners, err = runLearners(o, bar)
+		if err != nil {
+			bar.Clear()
+			return fmt.Errorf("learners: %w", err)
+		}
+	}
 	if o.latency {
 		rep.PingPong, rep.Latency, err = runLatency(o, bar)
 		if err != nil {
@@ -293,6 +303,9 @@ func run(o options) error {
 	}
 	if len(rep.Latency) > 0 {
 		writeLatency(&md, rep.PingPong, rep.Latency)
+	}
+	if len(rep.Learners) > 0 {
+		writeLearners(&md, rep.Learners)
 	}
 	if len(rep.Results) > 0 {
 		fmt.Fprintln(&md, "#### Beside echo: the same load generators against this server and echo's")
@@ -421,11 +434,30 @@ func workloadFile(dir string, w bench.Workload) (string, error) {
 // startEchoServer runs echo's server (bench_server.py) until stop closes
 // its stdin.
 func startEchoServer(o options, dir string, w bench.Workload) (string, func() error, error) {
+	addr, stop, err := startPyLearner(o, dir, w, "echo")
+	if err != nil {
+		return "", nil, err
+	}
+	return addr, func() error { _, err := stop(); return err }, nil
+}
+
+// pyLearnerStats is what bench_server.py says when it stops.
+type pyLearnerStats struct {
+	Batches  int        `json:"batches"`
+	CPU      float64    `json:"cpu_s"`
+	Handoff  [2]float64 `json:"handoff_us"`
+	Handoffs int        `json:"handoffs"`
+}
+
+// startPyLearner runs bench_server.py, a learner on echo's Python API from
+// module (echo, or echo_go: the Go engine behind it), until stop closes its
+// stdin; stop returns what it measured.
+func startPyLearner(o options, dir string, w bench.Workload, module string) (string, func() (pyLearnerStats, error), error) {
 	wf, err := workloadFile(dir, w)
 	if err != nil {
 		return "", nil, err
 	}
-	cmd := exec.Command(o.python, filepath.Join(o.interopDir, "bench_server.py"), "--workload", wf)
+	cmd := exec.Command(o.python, filepath.Join(o.interopDir, "bench_server.py"), "--workload", wf, "--module", module)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	stdin, err := cmd.StdinPipe()
@@ -444,21 +476,27 @@ func startEchoServer(o options, dir string, w bench.Workload) (string, func() er
 	if !lines.Scan() || json.Unmarshal(lines.Bytes(), &hello) != nil || hello.Port == 0 {
 		cmd.Process.Kill()
 		cmd.Wait()
-		return "", nil, fmt.Errorf("bench_server.py did not start: %s", stderr.String())
+		return "", nil, fmt.Errorf("bench_server.py (%s) did not start: %s", module, stderr.String())
 	}
-	return fmt.Sprintf("127.0.0.1:%d", hello.Port), func() error {
+	return fmt.Sprintf("127.0.0.1:%d", hello.Port), func() (pyLearnerStats, error) {
+		var st pyLearnerStats
 		stdin.Close()
 		done := make(chan error, 1)
-		go func() { done <- cmd.Wait() }()
+		go func() {
+			if lines.Scan() {
+				json.Unmarshal(lines.Bytes(), &st)
+			}
+			done <- cmd.Wait()
+		}()
 		select {
 		case err := <-done:
 			if err != nil {
-				return fmt.Errorf("bench_server.py: %w: %s", err, stderr.String())
+				return st, fmt.Errorf("bench_server.py (%s): %w: %s", module, err, stderr.String())
 			}
-			return nil
+			return st, nil
 		case <-time.After(30 * time.Second):
 			cmd.Process.Kill()
-			return fmt.Errorf("bench_server.py did not stop: %s", stderr.String())
+			return st, fmt.Errorf("bench_server.py (%s) did not stop: %s", module, stderr.String())
 		}
 	}, nil
 }

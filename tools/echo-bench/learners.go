@@ -1,0 +1,206 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/seed-a9ef92a1/echo"
+	"github.com/seed-a9ef92a1/echo/bench"
+	"github.com/seed-a9ef92a1/echo/internal/cli"
+)
+
+// LearnerRow is one cell of the learner comparison: a learner loop on
+// echo's Python API (echo's own Server, or echo_go's: this engine behind
+// the same API), or Go's in-process Sample, fed by the same Go load.
+type LearnerRow struct {
+	Workload string  `json:"workload"`
+	Clients  int     `json:"clients"`
+	Learner  string  `json:"learner"` // "echo_go", "echo" or "go"
+	Samples  int     `json:"samples"`
+	Rate     float64 `json:"samples_per_s"`
+	// CPUPerGB is the learner host's CPU seconds (the learner process and
+	// its server, echo_go's being a child process) per GB ingested; 0 for
+	// "go", whose process also runs the load.
+	CPUPerGB float64 `json:"cpu_s_per_gb"`
+	// Handoff is the time from a request to the batch's views, p50 and
+	// p99 in µs, over requests made when a whole batch already waited.
+	Handoff [2]float64 `json:"handoff_us"`
+}
+
+// pythonHas reports whether python can import module.
+func pythonHas(python, module string) bool {
+	return exec.Command(python, "-c", "import "+module).Run() == nil
+}
+
+// runLearners measures the learner cells.
+func runLearners(o options, bar *cli.Progress) ([]LearnerRow, error) {
+	kinds := []string{"echo_go", "echo", "go"}
+	if !pythonHas(o.python, "echo_go") {
+		fmt.Printf("note: the learner section skipped: %s cannot import echo_go (pip install ./python)\n", o.python)
+		return nil, nil
+	}
+	if !pythonHas(o.python, "echo") {
+		kinds = []string{"echo_go", "go"}
+	}
+	clients := []int{16, 256}
+	if o.quick {
+		clients = []int{16}
+	}
+	dir, err := os.MkdirTemp("", "echo-bench-learners")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	var rows []LearnerRow
+	total := len(o.workloads) * len(clients) * len(kinds)
+	i := 0
+	for _, name := range o.workloads {
+		w, err := bench.Get(strings.TrimSpace(name))
+		if err != nil {
+			return nil, err
+		}
+		for _, n := range clients {
+			for _, kind := range kinds {
+				bar.Printf("[%s] learners %d/%d  %s clients=%d learner=%s", progress(i, total), i+1, total, w.Short, n, kind)
+				i++
+				per := (cell{w: w, clients: n}.samples(o.quick) + n - 1) / n
+				r, err := measureLearner(o, dir, w, n, per, kind)
+				if err != nil {
+					return nil, fmt.Errorf("%s clients=%d learner=%s: %w", w.Short, n, kind, err)
+				}
+				rows = append(rows, r)
+			}
+		}
+	}
+	return rows, nil
+}
+
+func measureLearner(o options, dir string, w bench.Workload, clients, per int, kind string) (LearnerRow, error) {
+	r := LearnerRow{Workload: w.Short, Clients: clients, Learner: kind, Samples: clients * per}
+	gb := float64(r.Samples) * float64(w.PayloadBytes) / 1e9
+	if kind == "go" {
+		d, handoff, err := goLearner(w, clients, per, o.group)
+		r.Rate, r.Handoff = float64(r.Samples)/d.Seconds(), handoff
+		return r, err
+	}
+	addr, stop, err := startPyLearner(o, dir, w, kind)
+	if err != nil {
+		return r, err
+	}
+	var opts []echo.ClientOption
+	if kind == "echo" {
+		opts = append(opts, echo.WithWireVersion(1))
+	}
+	d, err := goLoad(addr, w, clients, per, o.group, opts...)
+	st, serr := stop()
+	if err = cmpErr(err, serr); err != nil {
+		return r, err
+	}
+	r.Rate = float64(r.Samples) / d.Seconds()
+	r.CPUPerGB = st.CPU / gb
+	r.Handoff = st.Handoff
+	return r, nil
+}
+
+func cmpErr(a, b error) error {
+	if a != nil {
+		return a
+	}
+	return b
+}
+
+// goLearner is the in-process reference: a Go server whose learner loop
+// calls Sample and touches one byte of each leaf, timing Sample when a
+// whole batch already waited, under the same load.
+func goLearner(w bench.Workload, clients, per, group int) (time.Duration, [2]float64, error) {
+	s, err := echo.NewServer(w.MustSample(0), w.BatchSize, echo.WithTCP("127.0.0.1:0"))
+	if err != nil {
+		return 0, [2]float64{}, err
+	}
+	if err := s.Start(); err != nil {
+		s.Close()
+		return 0, [2]float64{}, err
+	}
+	var handoffs []float64
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		ready := false
+		var sink byte
+		for {
+			t0 := time.Now()
+			smp, err := s.Sample(context.Background())
+			d := time.Since(t0)
+			if err != nil {
+				return
+			}
+			if ready {
+				handoffs = append(handoffs, float64(d.Nanoseconds())/1e3)
+			}
+			for _, l := range smp.Leaves {
+				if b := l.Bytes(); len(b) > 0 {
+					sink ^= b[0]
+				}
+			}
+			ready = smp.Info.StoreSize >= int64(w.BatchSize)
+		}
+	})
+	d, err := goLoad(s.Addr().String(), w, clients, per, group)
+	s.Close()
+	wg.Wait()
+	slices.Sort(handoffs)
+	pct := func(q float64) float64 {
+		if len(handoffs) == 0 {
+			return 0
+		}
+		return handoffs[min(len(handoffs)-1, int(q*float64(len(handoffs))))]
+	}
+	return d, [2]float64{pct(0.5), pct(0.99)}, err
+}
+
+// writeLearners writes the learner table.
+func writeLearners(w io.Writer, rows []LearnerRow) {
+	fmt.Fprintln(w, "#### Python learners: echo's `Server` API on this engine (`echo_go`) and on echo's own, fed by the same Go load")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| workload | clients | echo_go samples/s | echo samples/s | ratio | echo_go CPU-s/GB | echo CPU-s/GB | ratio | hand-off p50 / p99 µs: echo_go | echo | Go `Sample` |")
+	fmt.Fprintln(w, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+	find := func(wl string, n int, kind string) *LearnerRow {
+		for i := range rows {
+			if rows[i].Workload == wl && rows[i].Clients == n && rows[i].Learner == kind {
+				return &rows[i]
+			}
+		}
+		return nil
+	}
+	for _, r := range rows {
+		if r.Learner != "echo_go" {
+			continue
+		}
+		e, g := find(r.Workload, r.Clients, "echo"), find(r.Workload, r.Clients, "go")
+		ratio, cpuRatio, erate, ecpu, ehand := "—", "—", "—", "—", "—"
+		if e != nil {
+			erate, ecpu = rate(e.Rate), fmt.Sprintf("%.2f", e.CPUPerGB)
+			ratio = fmt.Sprintf("**%.2f×**", r.Rate/e.Rate)
+			if e.CPUPerGB > 0 {
+				cpuRatio = fmt.Sprintf("**%.2f×**", r.CPUPerGB/e.CPUPerGB)
+			}
+			ehand = fmt.Sprintf("%.0f / %.0f", e.Handoff[0], e.Handoff[1])
+		}
+		ghand := "—"
+		if g != nil {
+			ghand = fmt.Sprintf("%.1f / %.1f", g.Handoff[0], g.Handoff[1])
+		}
+		fmt.Fprintf(w, "| %s | %d | %s | %s | %s | %.2f | %s | %s | %.0f / %.0f | %s | %s |\n",
+			r.Workload, r.Clients, rate(r.Rate), erate, ratio, r.CPUPerGB, ecpu, cpuRatio,
+			r.Handoff[0], r.Handoff[1], ehand, ghand)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "samples/s as the load sees them (sent and acknowledged); CPU-s/GB counts the learner process and, for echo_go, its server process, from the first batch; the hand-off is `sample()` (`Sample` in Go) from the request to the batch's views, timed when a whole batch already waited. Load, servers and learners share this machine's cores.")
+	fmt.Fprintln(w)
+}
