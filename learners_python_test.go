@@ -23,10 +23,10 @@ import (
 
 // pythonLearner is tools/interop/learner.py attached to a server.
 type pythonLearner struct {
-	cmd  *exec.Cmd
-	out  string // the file of its batches
-	say  *bufio.Scanner
-	done chan error
+	cmd   *exec.Cmd
+	out   string      // the file of its batches
+	lines chan string // what it prints, line by line
+	done  chan error
 }
 
 func startPythonLearner(t *testing.T, py, socket string, hold bool) *pythonLearner {
@@ -45,17 +45,34 @@ func startPythonLearner(t *testing.T, py, socket string, hold bool) *pythonLearn
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	l := &pythonLearner{cmd: cmd, out: out, say: bufio.NewScanner(stdout), done: make(chan error, 1)}
+	l := &pythonLearner{cmd: cmd, out: out, lines: make(chan string, 16), done: make(chan error, 1)}
 	t.Cleanup(func() {
 		cmd.Process.Kill()
 		<-l.done
 	})
 	go func() {
-		for l.say.Scan() {
+		say := bufio.NewScanner(stdout)
+		for say.Scan() {
+			l.lines <- say.Text()
 		}
+		close(l.lines)
 		l.done <- cmd.Wait()
 	}()
+	l.expect(t, `{"attached": true}`)
 	return l
+}
+
+// expect waits for the learner to print line.
+func (l *pythonLearner) expect(t *testing.T, line string) {
+	t.Helper()
+	select {
+	case got, ok := <-l.lines:
+		if !ok || got != line {
+			t.Fatalf("the learner printed %q (open %v), want %q", got, ok, line)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the learner did not print %q", line)
+	}
 }
 
 // waitWritten waits until the learners' files hold n bytes in all.
@@ -225,9 +242,7 @@ func TestPythonLearnerKilledMidBatch(t *testing.T) {
 		sendIntegrity(t, check, s.Addr().String(), body, actors, per)
 		close(sent)
 	}()
-	if !holder.say.Scan() {
-		t.Fatal("the holding learner said nothing")
-	}
+	holder.expect(t, `{"holding": true}`)
 	holder.cmd.Process.Signal(syscall.SIGKILL)
 	<-holder.done
 	holder.done <- nil

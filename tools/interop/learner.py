@@ -4,8 +4,9 @@
 
 Attaches to a running server's learner socket, takes batches until the
 server closes, and writes each batch's leaves, in flatten order, to FILE
-(raw bytes, batch after batch); then prints {"batches": N}. With --hold it
-prints {"holding": true} after its first batch and waits to be killed.
+(raw bytes, batch after batch); then prints {"batches": N}. It prints
+{"attached": true} once attached; with --hold, {"holding": true} after its
+first batch, and then waits to be killed.
 """
 
 import argparse
@@ -26,6 +27,7 @@ def main():
     ap.add_argument("--hold", action="store_true")
     args = ap.parse_args()
     learner = echo_go.attach(args.socket)
+    print(json.dumps({"attached": True}), flush=True)
     n = 0
     with open(args.out, "wb") as f:
         while True:
