@@ -88,6 +88,7 @@ class Learner:
             os.close(self._conn.memfd)
             self._conn.memfd = -1
             self._base = np.frombuffer(self._mm, dtype=np.uint8)
+            self._views: list[list[np.ndarray] | None] = [None] * self._num_slabs
             if pin_host_memory:
                 self._pin = _cuda.register(self._base.ctypes.data, self._mapping_bytes)
         except BaseException:
@@ -195,6 +196,7 @@ class Learner:
             self._pin.unregister()
             self._pin = None
         self._base = np.empty(0, dtype=np.uint8)
+        self._views = [None] * self._num_slabs  # the cache's views, not the caller's
         try:
             self._mm.close()
         except BufferError:
@@ -204,17 +206,22 @@ class Learner:
         # Views of _base, not of _mm: _base holds a buffer export of the
         # mapping (np.ndarray(buffer=mmap) would not), so the mapping
         # cannot be unmapped under a view that is still alive.
-        start = slab * self._slab_bytes
-        views = [
-            np.ndarray(
-                shape=(self._batch_size,) + leaf.shape,
-                dtype=leaf.dtype,
-                buffer=self._base,
-                offset=start + leaf.offset,
-            )
-            for leaf in self._leaves
-        ]
-        return optree.tree_unflatten(self._treedef, [views[j] for j in self._order])
+        # A slab's views are the same arrays every time it comes round:
+        # built once, so that a batch costs a tree, not an array per leaf.
+        views = self._views[slab]
+        if views is None:
+            start = slab * self._slab_bytes
+            arrays = [
+                np.ndarray(
+                    shape=(self._batch_size,) + leaf.shape,
+                    dtype=leaf.dtype,
+                    buffer=self._base,
+                    offset=start + leaf.offset,
+                )
+                for leaf in self._leaves
+            ]
+            views = self._views[slab] = [arrays[j] for j in self._order]
+        return optree.tree_unflatten(self._treedef, views)
 
     def _check_layout(self) -> None:
         if self._batch_size < 1 or self._num_slabs < 1:

@@ -31,7 +31,8 @@ type LearnerRow struct {
 	CPUPerGB float64 `json:"cpu_s_per_gb"`
 	// Handoff is the time from a request to the batch's views, p50 and
 	// p99 in µs, over requests made when a whole batch already waited.
-	Handoff [2]float64 `json:"handoff_us"`
+	Handoff  [2]float64 `json:"handoff_us"`
+	Handoffs int        `json:"handoffs"` // requests timed: made with a whole batch waiting
 }
 
 // pythonHas reports whether python can import module.
@@ -86,8 +87,8 @@ func measureLearner(o options, dir string, w bench.Workload, clients, per int, k
 	r := LearnerRow{Workload: w.Short, Clients: clients, Learner: kind, Samples: clients * per}
 	gb := float64(r.Samples) * float64(w.PayloadBytes) / 1e9
 	if kind == "go" {
-		d, handoff, err := goLearner(w, clients, per, o.group)
-		r.Rate, r.Handoff = float64(r.Samples)/d.Seconds(), handoff
+		d, handoff, n, err := goLearner(w, clients, per, o.group)
+		r.Rate, r.Handoff, r.Handoffs = float64(r.Samples)/d.Seconds(), handoff, n
 		return r, err
 	}
 	addr, stop, err := startPyLearner(o, dir, w, kind)
@@ -105,7 +106,7 @@ func measureLearner(o options, dir string, w bench.Workload, clients, per int, k
 	}
 	r.Rate = float64(r.Samples) / d.Seconds()
 	r.CPUPerGB = st.CPU / gb
-	r.Handoff = st.Handoff
+	r.Handoff, r.Handoffs = st.Handoff, st.Handoffs
 	return r, nil
 }
 
@@ -119,14 +120,14 @@ func cmpErr(a, b error) error {
 // goLearner is the in-process reference: a Go server whose learner loop
 // calls Sample and touches one byte of each leaf, timing Sample when a
 // whole batch already waited, under the same load.
-func goLearner(w bench.Workload, clients, per, group int) (time.Duration, [2]float64, error) {
+func goLearner(w bench.Workload, clients, per, group int) (time.Duration, [2]float64, int, error) {
 	s, err := echo.NewServer(w.MustSample(0), w.BatchSize, echo.WithTCP("127.0.0.1:0"))
 	if err != nil {
-		return 0, [2]float64{}, err
+		return 0, [2]float64{}, 0, err
 	}
 	if err := s.Start(); err != nil {
 		s.Close()
-		return 0, [2]float64{}, err
+		return 0, [2]float64{}, 0, err
 	}
 	var handoffs []float64
 	var wg sync.WaitGroup
@@ -161,7 +162,16 @@ func goLearner(w bench.Workload, clients, per, group int) (time.Duration, [2]flo
 		}
 		return handoffs[min(len(handoffs)-1, int(q*float64(len(handoffs))))]
 	}
-	return d, [2]float64{pct(0.5), pct(0.99)}, err
+	return d, [2]float64{pct(0.5), pct(0.99)}, len(handoffs), err
+}
+
+// handoff formats a hand-off's p50 / p99, or says none was timed: the
+// learner always outran the load, and never found a whole batch waiting.
+func handoff(h [2]float64, n int, digits int) string {
+	if n == 0 {
+		return "— (none waited)"
+	}
+	return fmt.Sprintf("%.*f / %.*f (%d)", digits, h[0], digits, h[1], n)
 }
 
 // writeLearners writes the learner table.
@@ -190,17 +200,17 @@ func writeLearners(w io.Writer, rows []LearnerRow) {
 			if e.CPUPerGB > 0 {
 				cpuRatio = fmt.Sprintf("**%.2f×**", r.CPUPerGB/e.CPUPerGB)
 			}
-			ehand = fmt.Sprintf("%.0f / %.0f", e.Handoff[0], e.Handoff[1])
+			ehand = handoff(e.Handoff, e.Handoffs, 0)
 		}
 		ghand := "—"
 		if g != nil {
-			ghand = fmt.Sprintf("%.1f / %.1f", g.Handoff[0], g.Handoff[1])
+			ghand = handoff(g.Handoff, g.Handoffs, 1)
 		}
-		fmt.Fprintf(w, "| %s | %d | %s | %s | %s | %.2f | %s | %s | %.0f / %.0f | %s | %s |\n",
+		fmt.Fprintf(w, "| %s | %d | %s | %s | %s | %.2f | %s | %s | %s | %s | %s |\n",
 			r.Workload, r.Clients, rate(r.Rate), erate, ratio, r.CPUPerGB, ecpu, cpuRatio,
-			r.Handoff[0], r.Handoff[1], ehand, ghand)
+			handoff(r.Handoff, r.Handoffs, 0), ehand, ghand)
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "samples/s as the load sees them (sent and acknowledged); CPU-s/GB counts the learner process and, for echo_go, its server process, from the first batch; the hand-off is `sample()` (`Sample` in Go) from the request to the batch's views, timed when a whole batch already waited. Load, servers and learners share this machine's cores.")
+	fmt.Fprintln(w, "samples/s as the load sees them (sent and acknowledged); CPU-s/GB counts the learner process and, for echo_go, its server process, from the first batch; the hand-off is `sample()` (`Sample` in Go) from the request to the batch's views, timed when a whole batch already waited (how many such requests in brackets). Load, servers and learners share this machine's cores.")
 	fmt.Fprintln(w)
 }
