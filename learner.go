@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -309,6 +310,9 @@ func (l *learners) close() {
 	l.closed = true
 	for c := range l.conns {
 		c.CloseRead()
+		// A learner that stopped reading must not hold Close: its
+		// pending answer is dropped.
+		c.SetWriteDeadline(time.Now().Add(time.Second))
 	}
 	l.mu.Unlock()
 	l.ln.Close()
