@@ -55,7 +55,7 @@ func negotiate(ctx context.Context, conn net.Conn, spec *pytree.Spec, cfg *clien
 		return negotiation{version: wire.Version1}, nil
 	}
 	if spec.PayloadBytes() <= wire.ProbeLen {
-		if cfg.version == 2 {
+		if cfg.version == 2 || cfg.reconnect != nil {
 			return negotiation{}, fmt.Errorf("%w: samples of %d bytes are too short for its probe (%d bytes)",
 				ErrNoVersion2, spec.PayloadBytes(), wire.ProbeLen)
 		}

@@ -37,7 +37,9 @@ var DefaultBackoff = Backoff{Min: 10 * time.Millisecond, Max: time.Second, GiveU
 // returns nil: the connection is dropped and the reconnection resends it.
 //
 // It needs version 2 (Dial fails with ErrNoVersion2 against a server that
-// does not speak it) and Dial (NewClient cannot dial again).
+// does not speak it, and for samples of 8 bytes or fewer, which travel in
+// version 1) and Dial (NewClient cannot dial again). Each attempt, and the
+// whole reconnection, ends at b.GiveUp after the loss.
 func WithReconnect(b Backoff) ClientOption {
 	return func(c *clientConfig) { c.reconnect = &b }
 }
@@ -161,7 +163,11 @@ func (c *Client) reconnect(lost error) error {
 	delay := rs.backoff.Min
 	giveUp := time.Now().Add(rs.backoff.GiveUp)
 	for {
-		conn, neg, err := rs.redial(c.life)
+		// Each attempt ends at the give-up time, even against a peer that
+		// accepts and never answers.
+		ctx, cancel := context.WithDeadline(c.life, giveUp)
+		conn, neg, err := rs.redial(ctx)
+		cancel()
 		if err == nil {
 			if err = c.resume(conn, neg); err == nil {
 				rs.reconnects.Add(1)

@@ -274,3 +274,26 @@ func TestReconnectingSendAllocatesNothing(t *testing.T) {
 		})
 	}
 }
+
+// TestReconnectNeedsVersion2: samples too short for the probe travel in
+// version 1, which has no sessions: a reconnecting Client is refused at
+// Dial rather than left to resend what the server holds.
+func TestReconnectNeedsVersion2(t *testing.T) {
+	small := map[string]any{"x": pytree.Scalar(int32(0))}
+	s := newServerFor(t, small, 2, echo.WithTCP("127.0.0.1:0"))
+	if err := s.Start(); err != nil {
+		t.Fatal(err)
+	}
+	_, err := echo.Dial(t.Context(), s.Addr().String(), small, echo.WithReconnect(echo.Backoff{}))
+	if !errors.Is(err, echo.ErrNoVersion2) {
+		t.Fatalf("Dial with reconnection for 4-byte samples: %v, want ErrNoVersion2", err)
+	}
+	c, err := echo.Dial(t.Context(), s.Addr().String(), small)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if c.Version() != 1 {
+		t.Fatalf("version %d for 4-byte samples, want 1", c.Version())
+	}
+}

@@ -62,11 +62,17 @@ func (c *Consumers) Take(ctx context.Context) (slab int, err error) {
 		case <-c.r.done:
 			return 0, ErrClosed
 		case <-ctx.Done():
+			if c.r.closed.Load() {
+				return 0, ErrClosed
+			}
 			return 0, ctx.Err()
 		}
 	}
 	slab, err = c.r.await(ctx)
 	if err != nil {
+		if c.r.closed.Load() {
+			return 0, ErrClosed // when both were ready, the close wins
+		}
 		return 0, err
 	}
 	c.mu.Lock()

@@ -603,6 +603,9 @@ func (a *acceptor) serve(c *prologue) {
 	a.forget(c)
 	gated, err := c.l.prepare(c.fd, a.pool.payload)
 	if err != nil {
+		if c.sess != nil {
+			c.sess.detach(c.fd, a) // before the close: the number may be reused
+		}
 		a.refuse(c.fd, c.peer, false, "cannot prepare socket", "err", err)
 		return
 	}
