@@ -106,13 +106,15 @@ func TestTCPSendSampleAllocatesNothing(t *testing.T) {
 	}
 }
 
-func tcpRound(t *testing.T, ctx context.Context, w bench.Workload, ws echo.WaitStrategy, version int) {
+// tcpRound checks that rounds of a batch of Sends, a Sample and a Wait
+// allocate nothing, for a client dialed in version with opts.
+func tcpRound(t *testing.T, ctx context.Context, w bench.Workload, ws echo.WaitStrategy, version int, opts ...echo.ClientOption) {
 	sample := w.MustSample(1)
 	s := newServerFor(t, sample, w.BatchSize, echo.WithTCP("127.0.0.1:0"), echo.WithWaitStrategy(ws))
 	if err := s.Start(); err != nil {
 		t.Fatal(err)
 	}
-	c, err := echo.Dial(ctx, s.Addr().String(), sample, echo.WithWireVersion(version))
+	c, err := echo.Dial(ctx, s.Addr().String(), sample, append([]echo.ClientOption{echo.WithWireVersion(version)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -34,19 +34,30 @@ import (
 // interopPython returns the Python that has echo installed.
 func interopPython(t *testing.T) string {
 	t.Helper()
+	return venvPython(t, "import echo, numpy, optree; print(echo.__version__)", "ECHO_REQUIRE_INTEROP",
+		"interop: no Python with id-echo at %s (run .ci/run, or set ECHO_PYTHON): %v", "id-echo")
+}
+
+// venvPython returns the absolute path of the project's Python (or
+// ECHO_PYTHON's) once check, a line of Python that prints a version, runs
+// there. Without it the test skips, unless the environment variable
+// require is 1, when it fails; missing formats the message with the
+// Python's path and the error.
+func venvPython(t *testing.T, check, require, missing, what string) string {
+	t.Helper()
 	py := os.Getenv("ECHO_PYTHON")
 	if py == "" {
 		py = filepath.Join(".venv", "bin", "python")
 	}
-	out, err := exec.Command(py, "-c", "import echo, numpy, optree; print(echo.__version__)").CombinedOutput()
+	out, err := exec.Command(py, "-c", check).CombinedOutput()
 	if err != nil {
-		msg := fmt.Sprintf("interop: no Python with id-echo at %s (run .ci/run, or set ECHO_PYTHON): %v", py, err)
-		if os.Getenv("ECHO_REQUIRE_INTEROP") == "1" {
+		msg := fmt.Sprintf(missing, py, err)
+		if os.Getenv(require) == "1" {
 			t.Fatalf("%s\n%s", msg, out)
 		}
 		t.Skip(msg)
 	}
-	t.Logf("id-echo %s", strings.TrimSpace(string(out)))
+	t.Logf("%s %s", what, strings.TrimSpace(string(out)))
 	abs, err := exec.LookPath(py)
 	if err == nil {
 		abs, err = filepath.Abs(abs)

@@ -4,10 +4,7 @@ package echo_test
 
 import (
 	"context"
-	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -21,27 +18,8 @@ import (
 // packagePython returns the Python that has echo_go installed.
 func packagePython(t *testing.T) string {
 	t.Helper()
-	py := os.Getenv("ECHO_PYTHON")
-	if py == "" {
-		py = filepath.Join(".venv", "bin", "python")
-	}
-	out, err := exec.Command(py, "-c", "import echo_go, pytest; print(echo_go.__version__)").CombinedOutput()
-	if err != nil {
-		msg := fmt.Sprintf("no Python with echo_go and pytest at %s (pip install ./python pytest, or run .ci/run): %v", py, err)
-		if os.Getenv("ECHO_REQUIRE_PYTHON") == "1" {
-			t.Fatalf("%s\n%s", msg, out)
-		}
-		t.Skip(msg)
-	}
-	t.Logf("echo_go %s", strings.TrimSpace(string(out)))
-	abs, err := exec.LookPath(py)
-	if err == nil {
-		abs, err = filepath.Abs(abs)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	return abs
+	return venvPython(t, "import echo_go, pytest; print(echo_go.__version__)", "ECHO_REQUIRE_PYTHON",
+		"no Python with echo_go and pytest at %s (pip install ./python pytest, or run .ci/run): %v", "echo_go")
 }
 
 // TestPythonPackage runs the package's pytest suite: echo's documented

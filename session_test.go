@@ -243,34 +243,7 @@ func TestReconnectLosesAnExpiredSession(t *testing.T) {
 func TestReconnectingSendAllocatesNothing(t *testing.T) {
 	for _, w := range bench.Workloads() {
 		t.Run(w.Short, func(t *testing.T) {
-			sample := w.MustSample(1)
-			s := newServerFor(t, sample, w.BatchSize, echo.WithTCP("127.0.0.1:0"))
-			if err := s.Start(); err != nil {
-				t.Fatal(err)
-			}
-			ctx := t.Context()
-			c, err := echo.Dial(ctx, s.Addr().String(), sample, echo.WithReconnect(echo.Backoff{}))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			round := func() {
-				for range w.BatchSize {
-					if err := c.Send(ctx, sample); err != nil {
-						t.Fatal(err)
-					}
-				}
-				if _, err := s.Sample(ctx); err != nil {
-					t.Fatal(err)
-				}
-				if err := c.Wait(ctx); err != nil {
-					t.Fatal(err)
-				}
-			}
-			round()
-			if n := testing.AllocsPerRun(10, round); n != 0 {
-				t.Fatalf("reconnecting Client.Send×%d + Sample allocates %.1f times, want 0", w.BatchSize, n)
-			}
+			tcpRound(t, t.Context(), w, echo.Park(), 2, echo.WithReconnect(echo.Backoff{}))
 		})
 	}
 }

@@ -33,27 +33,19 @@ func SharedRing(b *testing.B, w Workload, clients int) {
 	b.SetBytes(int64(w.PayloadBytes))
 	b.ReportAllocs()
 	b.StopTimer()
-	// Anonymous, shared, shared, anonymous: an ABBA order, so that a drift
-	// of the machine over the run weighs on both alike. Each half of b.N
-	// samples.
-	half := (per + 1) / 2
+	half := (per + 1) / 2 // each of the ABBA runs takes half of b.N
 	var anonMem, sharedMem ringbuf.MemoryInfo
-	anon := func() time.Duration {
+	a, s := abba(func() time.Duration {
 		SettleTCP()
-		d, m := timeIngest(b, w, sample, clients, half, false, nil)
+		d, m := timeIngest(b, w, sample, clients, half, 1, false, nil)
 		anonMem = m
 		return d
-	}
-	shared := func() time.Duration {
+	}, func() time.Duration {
 		SettleTCP()
-		d, m := timeIngest(b, w, sample, clients, half, true, []echo.Option{echo.WithSharedMemory()})
+		d, m := timeIngest(b, w, sample, clients, half, 1, true, []echo.Option{echo.WithSharedMemory()})
 		sharedMem = m
 		return d
-	}
-	a := anon()
-	s := shared()
-	s += shared()
-	a += anon()
+	})
 	total := float64(2 * half * clients)
 	b.ReportMetric(total/s.Seconds(), "samples/s")
 	b.ReportMetric(total/a.Seconds(), "anon_samples/s")

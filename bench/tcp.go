@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"sync"
 	"testing"
 	"time"
 
@@ -65,30 +64,7 @@ func TCP(b *testing.B, w Workload, clients, group int) {
 // timeEpoll runs the echo server with the benchmark's timer on.
 func timeEpoll(b *testing.B, w Workload, sample any, clients, per, group int) time.Duration {
 	b.StopTimer()
-	s, err := echo.NewServer(sample, w.BatchSize, echo.WithTCP("127.0.0.1:0"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := s.Start(); err != nil {
-		b.Fatal(err)
-	}
-	var consumer sync.WaitGroup
-	consumer.Go(func() {
-		for {
-			if _, err := s.Sample(context.Background()); err != nil {
-				return
-			}
-		}
-	})
-	cl := dial(b, s.Addr().String(), sample, clients)
-	b.StartTimer()
-	t0 := time.Now()
-	send(b, cl, sample, per, group)
-	d := time.Since(t0)
-	b.StopTimer()
-	CloseClients(cl)
-	s.Close()
-	consumer.Wait()
+	d, _ := timeIngest(b, w, sample, clients, per, group, true, nil)
 	return d
 }
 

@@ -28,30 +28,22 @@ import (
 func WireVersions(b *testing.B, w Workload, clients int) {
 	sample := w.MustSample(1)
 	per := (b.N + clients - 1) / clients
-	total := float64(per * clients)
 	b.SetBytes(int64(w.PayloadBytes))
 	b.ReportAllocs()
 	b.StopTimer()
-	// Version 1, 2, 2, 1: an ABBA order, so that a drift of the machine
-	// over the run weighs on both alike. Each half of b.N samples.
-	half := (per + 1) / 2
-	one := func() time.Duration {
+	half := (per + 1) / 2 // each of the ABBA runs takes half of b.N
+	v1, v2 := abba(func() time.Duration {
 		SettleTCP()
-		d, _ := timeIngest(b, w, sample, clients, half, false, []echo.Option{echo.WithVersion1Only()}, echo.WithWireVersion(1))
+		d, _ := timeIngest(b, w, sample, clients, half, 1, false, []echo.Option{echo.WithVersion1Only()}, echo.WithWireVersion(1))
 		return d
-	}
-	two := func() time.Duration {
+	}, func() time.Duration {
 		SettleTCP()
-		d, _ := timeIngest(b, w, sample, clients, half, true, nil, echo.WithWireVersion(2))
+		d, _ := timeIngest(b, w, sample, clients, half, 1, true, nil, echo.WithWireVersion(2))
 		return d
-	}
-	v1 := one()
-	v2 := two()
-	v2 += two()
-	v1 += one()
+	})
 	SettleTCP()
-	v2r, _ := timeIngest(b, w, sample, clients, 2*half, false, nil, echo.WithReconnect(echo.Backoff{}))
-	total = float64(2 * half * clients)
+	v2r, _ := timeIngest(b, w, sample, clients, 2*half, 1, false, nil, echo.WithReconnect(echo.Backoff{}))
+	total := float64(2 * half * clients)
 	b.ReportMetric(total/v2.Seconds(), "samples/s")
 	b.ReportMetric(total/v1.Seconds(), "v1_samples/s")
 	b.ReportMetric(total/v2r.Seconds(), "v2_reconnect_samples/s")
@@ -59,11 +51,22 @@ func WireVersions(b *testing.B, w Workload, clients int) {
 	b.ReportMetric(v1.Seconds()/v2r.Seconds(), "x_v1_reconnect")
 }
 
-// timeIngest times clients sending per samples each to a fresh server
-// built with opts, dialed with copts, and returns the time and how the
-// server's ring was mapped; timed runs on the benchmark's clock. It is
-// the one timed half of WireVersions and SharedRing.
-func timeIngest(b *testing.B, w Workload, sample any, clients, per int, timed bool, opts []echo.Option, copts ...echo.ClientOption) (time.Duration, ringbuf.MemoryInfo) {
+// abba runs first, second, second, first and returns the sums of each
+// one's two times: an order in which a drift of the machine over the run
+// weighs on both alike.
+func abba(first, second func() time.Duration) (time.Duration, time.Duration) {
+	a := first()
+	b := second()
+	b += second()
+	a += first()
+	return a, b
+}
+
+// timeIngest times clients sending per samples each, group per call, to a
+// fresh server built with opts, dialed with copts, and returns the time
+// and how the server's ring was mapped; timed runs on the benchmark's
+// clock. Every TCP benchmark against this package's server times with it.
+func timeIngest(b *testing.B, w Workload, sample any, clients, per, group int, timed bool, opts []echo.Option, copts ...echo.ClientOption) (time.Duration, ringbuf.MemoryInfo) {
 	s, err := echo.NewServer(sample, w.BatchSize, append([]echo.Option{echo.WithTCP("127.0.0.1:0")}, opts...)...)
 	if err != nil {
 		b.Fatal(err)
@@ -84,7 +87,7 @@ func timeIngest(b *testing.B, w Workload, sample any, clients, per int, timed bo
 		b.StartTimer()
 	}
 	t0 := time.Now()
-	send(b, cl, sample, per, 1)
+	send(b, cl, sample, per, group)
 	d := time.Since(t0)
 	b.StopTimer()
 	CloseClients(cl)
