@@ -170,3 +170,13 @@ func TestViewAllocatesNothing(t *testing.T) {
 		t.Fatalf("Leaf + View allocate %.1f times, want 0", allocs)
 	}
 }
+
+// TestReconnectingSendAllocatesNothing: the replay copy costs no
+// allocation either.
+func TestReconnectingSendAllocatesNothing(t *testing.T) {
+	for _, w := range bench.Workloads() {
+		t.Run(w.Short, func(t *testing.T) {
+			tcpRound(t, t.Context(), w, echo.Park(), 2, echo.WithReconnect(echo.Backoff{}))
+		})
+	}
+}

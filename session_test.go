@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/seed-a9ef92a1/echo"
-	"github.com/seed-a9ef92a1/echo/bench"
 	"github.com/seed-a9ef92a1/echo/pytree"
 )
 
@@ -235,16 +234,6 @@ func TestReconnectLosesAnExpiredSession(t *testing.T) {
 	}
 	if err := c.Send(t.Context(), numbered(0, 1)); !errors.Is(err, echo.ErrSessionLost) {
 		t.Fatalf("Send after the loss = %v, want ErrSessionLost", err)
-	}
-}
-
-// TestReconnectingSendAllocatesNothing: the replay copy costs no
-// allocation either.
-func TestReconnectingSendAllocatesNothing(t *testing.T) {
-	for _, w := range bench.Workloads() {
-		t.Run(w.Short, func(t *testing.T) {
-			tcpRound(t, t.Context(), w, echo.Park(), 2, echo.WithReconnect(echo.Backoff{}))
-		})
 	}
 }
 
