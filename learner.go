@@ -12,7 +12,9 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -48,6 +50,10 @@ type learners struct {
 	wg      sync.WaitGroup
 	ctx     context.Context
 	cancel  context.CancelFunc
+
+	// takers counts the connections that asked for a batch: a learner
+	// alone gets its next batch set aside for it.
+	takers atomic.Int64
 
 	mu     sync.Mutex
 	conns  map[*net.UnixConn]struct{}
@@ -92,8 +98,9 @@ func (s *Server) welcome() wire.Welcome {
 	w := wire.Welcome{
 		Protocol: int(wire.LearnerVersion), BatchSize: s.batchSize, NumSlabs: r.NumSlabs(),
 		SlabBytes: r.SlabBytes(), MappingBytes: m.Bytes, PayloadBytes: s.spec.PayloadBytes(),
-		Tree:   s.spec.Describe(),
-		Memory: wire.LearnerMemory{Kind: m.Kind, Bytes: m.Bytes, HugePageBytes: m.HugePageBytes},
+		Tree:       s.spec.Describe(),
+		Memory:     wire.LearnerMemory{Kind: m.Kind, Bytes: m.Bytes, HugePageBytes: m.HugePageBytes},
+		OfferBytes: wire.OfferPageBytes,
 	}
 	for j, leaf := range s.spec.Leaves() {
 		shape := leaf.Shape
@@ -139,6 +146,31 @@ type frame struct {
 	body []byte
 }
 
+// taken is what a Take for a learner returned.
+type taken struct {
+	slab int
+	err  error
+}
+
+// learnerConn is the server's side of one learner connection: the slab its
+// learner holds, and the batch set aside for it in its offer page.
+type learnerConn struct {
+	l      *learners
+	c      *net.UnixConn
+	ctx    context.Context
+	page   []byte // the offer page, shared with the learner
+	held   int    // the slab the learner holds, or -1
+	offer  int    // the slab set aside for it, or -1
+	info   wire.BatchInfo
+	ticket uint64 // the ticket of the last batch held or offered
+	// taking is set while a Take for this learner runs; its result comes
+	// on results. closed is set once a Take returned ErrClosed.
+	taking  bool
+	results chan taken
+	closed  bool
+	taker   bool // it asked for a batch: it counts in learners.takers
+}
+
 // serve is one learner's connection: its requests in order, its held slab
 // given back however it ends.
 func (l *learners) serve(c *net.UnixConn) {
@@ -160,12 +192,10 @@ func (l *learners) serve(c *net.UnixConn) {
 			}
 		}
 	}()
-	held := -1
+	lc := &learnerConn{l: l, c: c, ctx: ctx, held: -1, offer: -1, results: make(chan taken, 1)}
 	defer func() {
 		gone()
-		if held >= 0 {
-			l.cons.Give(held) // not redelivered: see docs/learner.md
-		}
+		lc.end()
 		c.Close()
 		for range frames {
 		}
@@ -185,33 +215,66 @@ func (l *learners) serve(c *net.UnixConn) {
 		writeError(c, err.Error())
 		return
 	}
-	if _, _, err := c.WriteMsgUnix(l.welcome, unix.UnixRights(l.s.ring.FD()), nil); err != nil {
+	pageFD, page, err := newOfferPage()
+	if err != nil {
+		l.s.cfg.logger.Warn("echo: learner offer page", "err", err)
+		writeError(c, err.Error())
+		return
+	}
+	lc.page = page
+	_, _, err = c.WriteMsgUnix(l.welcome, unix.UnixRights(l.s.ring.FD(), pageFD), nil)
+	unix.Close(pageFD) // the learner has its own; the server keeps its mapping
+	if err != nil {
 		return
 	}
 	var out []byte
-	for f := range frames {
+	for {
+		lc.setAside()
+		var f frame
+		select {
+		case r := <-lc.results:
+			if !lc.offered(r) {
+				return
+			}
+			continue
+		case f, ok = <-frames:
+			if !ok {
+				return
+			}
+		}
 		out = out[:0]
 		switch f.typ {
-		case wire.FrameNext, wire.FrameRelease:
-			if held >= 0 {
-				l.cons.Give(held)
-				held = -1
+		case wire.FrameNext:
+			lc.ask()
+			lc.release()
+			if lc.offer < 0 && !lc.closed {
+				lc.startTake()
+				if !lc.offered(<-lc.results) {
+					return
+				}
 			}
-			if f.typ == wire.FrameRelease {
-				out = wire.AppendFrame(out, wire.FrameOK, nil)
+			if lc.offer < 0 {
+				out = wire.AppendFrame(out, wire.FrameClosed, nil)
 				break
 			}
-			slab, err := l.cons.Take(ctx)
-			switch {
-			case errors.Is(err, ringbuf.ErrClosed):
-				out = wire.AppendFrame(out, wire.FrameClosed, nil)
-			case err != nil:
-				return // the learner left while it waited
-			default:
-				held = slab
-				info := l.s.learnerInfo(slab)
-				out = wire.AppendBatch(out, &info)
+			lc.held, lc.offer = lc.offer, -1
+			out = wire.AppendBatch(out, &lc.info)
+		case wire.FrameTake:
+			lc.ask()
+			ticket, err := wire.DecodeTake(f.body)
+			if err == nil && (lc.offer < 0 || ticket != lc.ticket) {
+				err = fmt.Errorf("TAKE of ticket %d, the offer is %d", ticket, lc.offerTicket())
 			}
+			if err != nil {
+				writeError(c, err.Error()) // a broken learner: the connection ends
+				return
+			}
+			lc.release()
+			lc.held, lc.offer = lc.offer, -1
+			continue // TAKE has no answer
+		case wire.FrameRelease:
+			lc.release()
+			out = wire.AppendFrame(out, wire.FrameOK, nil)
 		case wire.FrameSubmit:
 			out = l.submit(ctx, out, f.body)
 		case wire.FrameResetHistograms:
@@ -228,6 +291,118 @@ func (l *learners) serve(c *net.UnixConn) {
 		if _, err := c.Write(out); err != nil {
 			return
 		}
+	}
+}
+
+// newOfferPage makes a learner's offer page: a sealed memfd of
+// OfferPageBytes, mapped here for writing; the learner maps it read-only.
+func newOfferPage() (fd int, page []byte, err error) {
+	fd, err = unix.MemfdCreate("echo-offers", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		return -1, nil, fmt.Errorf("echo: offer page: memfd_create: %w", err)
+	}
+	if err = unix.Ftruncate(fd, wire.OfferPageBytes); err != nil {
+		err = fmt.Errorf("echo: offer page: ftruncate: %w", err)
+	} else if _, err = unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK|unix.F_SEAL_GROW|unix.F_SEAL_SEAL); err != nil {
+		// Sealed, a learner cannot shrink the page under the server's writes.
+		err = fmt.Errorf("echo: offer page: seal: %w", err)
+	} else if page, err = unix.Mmap(fd, 0, wire.OfferPageBytes, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err != nil {
+		err = fmt.Errorf("echo: offer page: mmap: %w", err)
+	}
+	if err != nil {
+		unix.Close(fd)
+		return -1, nil, err
+	}
+	return fd, page, nil
+}
+
+// ask counts the connection among those that take batches, once.
+func (lc *learnerConn) ask() {
+	if !lc.taker {
+		lc.taker = true
+		lc.l.takers.Add(1)
+	}
+}
+
+// release gives back the slab the learner holds, if any.
+func (lc *learnerConn) release() {
+	if lc.held >= 0 {
+		lc.l.cons.Give(lc.held)
+		lc.held = -1
+	}
+}
+
+// startTake starts a Take for this learner, unless one runs.
+func (lc *learnerConn) startTake() {
+	if lc.taking {
+		return
+	}
+	lc.taking = true
+	go func() {
+		slab, err := lc.l.cons.Take(lc.ctx)
+		lc.results <- taken{slab, err}
+	}()
+}
+
+// setAside starts taking the learner's next batch ahead of its asking, so
+// that it finds the batch in its offer page: only for a learner that takes
+// batches alone (with several, a batch set aside for one would keep it
+// from another that waits) and has no offer out.
+func (lc *learnerConn) setAside() {
+	if lc.taker && lc.offer < 0 && !lc.closed && lc.l.takers.Load() == 1 {
+		lc.startTake()
+	}
+}
+
+// offered records a Take's result: the batch becomes the learner's offer,
+// written into its page. It reports false when the learner left.
+func (lc *learnerConn) offered(r taken) bool {
+	lc.taking = false
+	switch {
+	case errors.Is(r.err, ringbuf.ErrClosed):
+		lc.closed = true
+		return true
+	case r.err != nil:
+		return false // the learner left while it waited
+	}
+	lc.ticket++
+	lc.offer = r.slab
+	lc.info = lc.l.s.learnerInfo(r.slab)
+	lc.info.Ticket = lc.ticket
+	// The record with no ticket first, then the ticket: a learner that
+	// reads the ticket finds the record whole (docs/learner.md, "Offers").
+	rec := lc.page[wire.OfferOffset(lc.ticket):]
+	unticketed := lc.info
+	unticketed.Ticket = 0
+	wire.AppendBatchBody(rec[:0:len(rec)], &unticketed)
+	atomic.StoreUint64((*uint64)(unsafe.Pointer(&rec[0])), lc.ticket)
+	return true
+}
+
+func (lc *learnerConn) offerTicket() uint64 {
+	if lc.offer < 0 {
+		return 0
+	}
+	return lc.ticket
+}
+
+// end gives back what the connection had: the held slab (not redelivered:
+// see docs/learner.md) and the offer, which the learner never took, for
+// the next learner to take.
+func (lc *learnerConn) end() {
+	if lc.taking {
+		lc.offered(<-lc.results) // ctx is done: it ends at once
+	}
+	if lc.offer >= 0 {
+		lc.l.cons.Untake(lc.offer)
+		lc.offer = -1
+	}
+	lc.release()
+	if lc.taker {
+		lc.l.takers.Add(-1)
+	}
+	if lc.page != nil {
+		unix.Munmap(lc.page)
 	}
 }
 

@@ -10,8 +10,10 @@ import (
 	"net"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -26,6 +28,7 @@ type goLearner struct {
 	c       *net.UnixConn
 	welcome wire.Welcome
 	mem     []byte // the ring, mapped read-only from the memfd
+	offers  []byte // the offer page, mapped read-only
 }
 
 func attachLearner(t testing.TB, path string) *goLearner {
@@ -39,7 +42,7 @@ func attachLearner(t testing.TB, path string) *goLearner {
 		t.Fatal(err)
 	}
 	buf := make([]byte, 1<<16)
-	oob := make([]byte, unix.CmsgSpace(4))
+	oob := make([]byte, unix.CmsgSpace(8))
 	n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
 	if err != nil {
 		t.Fatal(err)
@@ -49,10 +52,11 @@ func attachLearner(t testing.TB, path string) *goLearner {
 		t.Fatalf("control messages %v, %v", msgs, err)
 	}
 	fds, err := unix.ParseUnixRights(&msgs[0])
-	if err != nil || len(fds) != 1 {
+	if err != nil || len(fds) != 2 {
 		t.Fatalf("rights %v, %v", fds, err)
 	}
-	defer unix.Close(fds[0]) // the mapping keeps the memory
+	defer unix.Close(fds[0]) // the mappings keep the memory
+	defer unix.Close(fds[1])
 	total, err := wire.FrameLen(buf[:n], wire.MaxFrame)
 	if err != nil {
 		t.Fatal(err)
@@ -74,11 +78,47 @@ func attachLearner(t testing.TB, path string) *goLearner {
 	if err != nil {
 		t.Fatal(err)
 	}
+	l.offers, err = unix.Mmap(fds[1], 0, l.welcome.OfferBytes, unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
 		c.Close()
 		unix.Munmap(l.mem)
+		unix.Munmap(l.offers)
 	})
 	return l
+}
+
+// offered returns the record of ticket in the offer page once the server
+// has written it, within a few seconds; ok is false if it never does.
+func (l *goLearner) offered(ticket uint64) (wire.BatchInfo, bool) {
+	off := wire.OfferOffset(ticket)
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		if atomic.LoadUint64((*uint64)(unsafe.Pointer(&l.offers[off]))) == ticket {
+			b, err := wire.DecodeBatch(l.offers[off : off+wire.BatchBodyLen])
+			if err != nil {
+				l.t.Fatal(err)
+			}
+			return b, true
+		}
+	}
+	return wire.BatchInfo{}, false
+}
+
+// rowsOf returns the (producer, seq) of the rows of the batch in slab.
+func (l *goLearner) rowsOf(slab int) (rows [][2]int) {
+	w := l.welcome
+	leaf := w.Leaves[len(w.Leaves)-1] // z_id: int64[2], last in sorted order
+	if leaf.Path != "z_id" {
+		l.t.Fatalf("last leaf %s", leaf.Path)
+	}
+	base := slab*w.SlabBytes + leaf.Offset
+	for r := range w.BatchSize {
+		row := l.mem[base+16*r : base+16*r+16]
+		rows = append(rows, [2]int{int(binary.LittleEndian.Uint64(row)), int(binary.LittleEndian.Uint64(row[8:]))})
+	}
+	return rows
 }
 
 // request sends a frame and reads the answer.
@@ -113,17 +153,7 @@ func (l *goLearner) next() (rows [][2]int, slab int, ok bool) {
 	if typ != wire.FrameBatch || err != nil {
 		l.t.Fatalf("NEXT answered with type %d: %v", typ, err)
 	}
-	w := l.welcome
-	leaf := w.Leaves[len(w.Leaves)-1] // z_id: int64[2], last in sorted order
-	if leaf.Path != "z_id" {
-		l.t.Fatalf("last leaf %s", leaf.Path)
-	}
-	base := int(b.Slab)*w.SlabBytes + leaf.Offset
-	for r := range w.BatchSize {
-		row := l.mem[base+16*r : base+16*r+16]
-		rows = append(rows, [2]int{int(binary.LittleEndian.Uint64(row)), int(binary.LittleEndian.Uint64(row[8:]))})
-	}
-	return rows, int(b.Slab), true
+	return l.rowsOf(int(b.Slab)), int(b.Slab), true
 }
 
 func learnerServer(t *testing.T, batch int, opts ...echo.Option) (*echo.Server, string) {
@@ -277,5 +307,130 @@ func TestLearnerRequests(t *testing.T) {
 	case <-s.Done():
 	case <-time.After(10 * time.Second):
 		t.Fatal("CLOSE did not close the server")
+	}
+}
+
+// TestLearnerOffers: a learner alone finds its next batch set aside in its
+// offer page and takes it with TAKE, no answer awaited; NEXT hands out an
+// offer it did not take; a TAKE of any other ticket ends the connection;
+// and with a second learner taking batches, nothing more is set aside.
+func TestLearnerOffers(t *testing.T) {
+	const batch = 2
+	s, path := learnerServer(t, batch, echo.WithNumBuffers(4))
+	submit := func(from, n int) {
+		t.Helper()
+		for seq := from; seq < from+n; seq++ {
+			if err := s.Submit(t.Context(), numbered(1, seq)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	submit(0, 4*batch)
+	a := attachLearner(t, path)
+	if a.welcome.OfferBytes != wire.OfferPageBytes || a.welcome.Protocol != int(wire.LearnerVersion) {
+		t.Fatalf("welcome %+v", a.welcome)
+	}
+	if rows, _, ok := a.next(); !ok || rows[0] != [2]int{1, 0} {
+		t.Fatalf("first batch %v", rows)
+	}
+	// Ticket 1 went out with NEXT; ticket 2 is the next batch, set aside.
+	b2, ok := a.offered(2)
+	if !ok {
+		t.Fatal("no offer of ticket 2")
+	}
+	if rows := a.rowsOf(int(b2.Slab)); rows[0] != [2]int{1, batch} || b2.Ticket != 2 {
+		t.Fatalf("offer %+v holds %v", b2, rows)
+	}
+	if _, err := a.c.Write(wire.AppendTake(nil, 2)); err != nil {
+		t.Fatal(err)
+	}
+	b3, ok := a.offered(3)
+	if !ok || a.rowsOf(int(b3.Slab))[0] != [2]int{1, 2 * batch} {
+		t.Fatalf("offer of ticket 3: %+v, %v", b3, ok)
+	}
+	// NEXT hands out the offer the learner did not take.
+	typ, body, err := a.request(wire.FrameNext, nil)
+	if err != nil || typ != wire.FrameBatch {
+		t.Fatalf("NEXT: type %d, %v", typ, err)
+	}
+	if got, err := wire.DecodeBatch(body); err != nil || got.Ticket != 3 || got.Slab != b3.Slab {
+		t.Fatalf("NEXT answered %+v (%v), want the offer of ticket 3 %+v", got, err, b3)
+	}
+	if _, ok := a.offered(4); !ok {
+		t.Fatal("no offer of ticket 4")
+	}
+
+	// A second learner takes batches. The Take a started for its next
+	// offer when it took ticket 4 still ends in an offer (ticket 5); after
+	// that, nothing more is set aside for either.
+	if _, err := a.c.Write(wire.AppendTake(nil, 4)); err != nil {
+		t.Fatal(err)
+	}
+	b := attachLearner(t, path)
+	bRows := make(chan [][2]int, 1)
+	go func() {
+		rows, _, _ := b.next()
+		bRows <- rows
+	}()
+	time.Sleep(20 * time.Millisecond)
+	submit(4*batch, 2*batch)
+	b5, ok := a.offered(5)
+	if !ok || a.rowsOf(int(b5.Slab))[0] != [2]int{1, 4 * batch} {
+		t.Fatalf("offer of ticket 5: %+v, %v", b5, ok)
+	}
+	if rows := <-bRows; len(rows) == 0 || rows[0] != [2]int{1, 5 * batch} {
+		t.Fatalf("second learner's batch %v", rows)
+	}
+	if _, err := a.c.Write(wire.AppendTake(nil, 5)); err != nil {
+		t.Fatal(err)
+	}
+	submit(6*batch, batch)
+	time.Sleep(50 * time.Millisecond)
+	if got := atomic.LoadUint64((*uint64)(unsafe.Pointer(&a.offers[wire.OfferOffset(6)]))); got == 6 {
+		t.Fatal("a batch was set aside for one of two learners")
+	}
+	if rows, _, ok := a.next(); !ok || rows[0] != [2]int{1, 6 * batch} {
+		t.Fatalf("first learner's batch %v", rows)
+	}
+
+	// A TAKE of a ticket not offered is an error, and ends the connection.
+	typ, msg, err := a.request(wire.FrameTake, binary.LittleEndian.AppendUint64(nil, 9))
+	if err != nil || typ != wire.FrameError || string(msg) != "TAKE of ticket 9, the offer is 0" {
+		t.Fatalf("TAKE of ticket 9: type %d %q, %v", typ, msg, err)
+	}
+	if _, _, err := a.request(wire.FrameNext, nil); err == nil {
+		t.Fatal("the connection went on after a bad TAKE")
+	}
+	// The batch a held goes back with it; b takes the one after.
+	submit(7*batch, batch)
+	if rows, _, ok := b.next(); !ok || rows[0] != [2]int{1, 7 * batch} {
+		t.Fatalf("batch after the bad TAKE %v", rows)
+	}
+}
+
+// TestLearnerOfferGoesToTheNextLearner: a learner that leaves with a batch
+// set aside for it, not taken, leaves it to the next learner, so that no
+// sample is lost but the one batch it held.
+func TestLearnerOfferGoesToTheNextLearner(t *testing.T) {
+	const batch = 2
+	s, path := learnerServer(t, batch, echo.WithNumBuffers(3))
+	for seq := range 3 * batch {
+		if err := s.Submit(t.Context(), numbered(1, seq)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dead := attachLearner(t, path)
+	if rows, _, ok := dead.next(); !ok || rows[0] != [2]int{1, 0} {
+		t.Fatalf("first batch %v", rows)
+	}
+	if _, ok := dead.offered(2); !ok {
+		t.Fatal("no offer of ticket 2")
+	}
+	dead.c.Close()
+	next := attachLearner(t, path)
+	for _, first := range []int{batch, 2 * batch} {
+		if rows, _, ok := next.next(); !ok || rows[0] != [2]int{1, first} {
+			t.Fatalf("batch %v, want the one from seq %d", rows, first)
+		}
 	}
 }

@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 )
 
 // Consumers hands a ring's batches to several consumers at once (learner
 // processes served over sockets, data-parallel ranks): each batch goes to
-// exactly one Take, in order, and stays its taker's until Give. Slabs go
+// exactly one Take, in order, and stays its taker's until Give (or until
+// Untake, which hands it out again). Slabs go
 // back to the writers in order, so a batch held long holds up the slabs
 // behind it, as a slow single consumer does.
 //
@@ -27,6 +29,10 @@ type Consumers struct {
 	held     []bool
 	taken    uint64
 	returned uint64
+	// again holds slabs put back by Untake, handed out before any newer
+	// batch; kick gets a token with each, for a Take waiting on the ring.
+	again []int
+	kick  chan struct{}
 	// room gets a token when a slab goes back to the writers, for a Take
 	// that found every slab out.
 	room chan struct{}
@@ -37,28 +43,49 @@ var ErrNotHeld = errors.New("ringbuf: slab not held")
 
 // NewConsumers serves r's batches to several consumers.
 func NewConsumers(r *Ring) *Consumers {
-	return &Consumers{r: r, given: make([]bool, r.numSlabs), held: make([]bool, r.numSlabs), room: make(chan struct{}, 1)}
+	return &Consumers{r: r, given: make([]bool, r.numSlabs), held: make([]bool, r.numSlabs),
+		kick: make(chan struct{}, 1), room: make(chan struct{}, 1)}
 }
 
 // Take waits until the next batch is complete and hands it to the caller:
-// its slab is the caller's until Give. It returns ErrClosed once the ring
-// is closed, and ctx's error if ctx is done first. Any goroutine may call
-// it; takers wait their turn.
+// its slab is the caller's until Give. A batch put back with Untake comes
+// first. It returns ErrClosed once the ring is closed, and ctx's error if
+// ctx is done first. Any goroutine may call it; takers wait their turn.
 func (c *Consumers) Take(ctx context.Context) (slab int, err error) {
 	c.takeMu.Lock()
 	defer c.takeMu.Unlock()
+	for {
+		slab, err = c.take(ctx)
+		if err != errKicked {
+			return slab, err
+		}
+	}
+}
+
+// take is one try of Take: it ends with errKicked when Untake put a batch
+// back while it waited.
+func (c *Consumers) take(ctx context.Context) (slab int, err error) {
+	if c.r.closed.Load() {
+		return 0, ErrClosed
+	}
+	c.mu.Lock()
+	if n := len(c.again); n > 0 {
+		slab = c.again[0]
+		c.again = c.again[:copy(c.again, c.again[1:])]
+		c.mu.Unlock()
+		return slab, nil
+	}
 	// The next batch's slab may still be out from its last round: every
 	// slab taken and not yet back with the writers keeps its full commit
 	// count, which await would take for a new batch.
-	for {
-		c.mu.Lock()
-		free := c.taken-c.returned < c.r.numSlabs
-		c.mu.Unlock()
-		if free {
-			break
-		}
+	free := c.taken-c.returned < c.r.numSlabs
+	c.mu.Unlock()
+	if !free {
 		select {
 		case <-c.room:
+			return 0, errKicked // look again
+		case <-c.kick:
+			return 0, errKicked
 		case <-c.r.done:
 			return 0, ErrClosed
 		case <-ctx.Done():
@@ -68,7 +95,10 @@ func (c *Consumers) Take(ctx context.Context) (slab int, err error) {
 			return 0, ctx.Err()
 		}
 	}
-	slab, err = c.r.await(ctx)
+	slab, err = c.r.await(ctx, c.kick)
+	if err == errKicked {
+		return 0, err
+	}
 	if err != nil {
 		if c.r.closed.Load() {
 			return 0, ErrClosed // when both were ready, the close wins
@@ -87,7 +117,7 @@ func (c *Consumers) Take(ctx context.Context) (slab int, err error) {
 func (c *Consumers) Give(slab int) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if slab < 0 || slab >= len(c.held) || !c.held[slab] {
+	if slab < 0 || slab >= len(c.held) || !c.held[slab] || slices.Contains(c.again, slab) {
 		return fmt.Errorf("%w: %d", ErrNotHeld, slab)
 	}
 	c.held[slab], c.given[slab] = false, true
@@ -103,6 +133,23 @@ func (c *Consumers) Give(slab int) error {
 		case c.room <- struct{}{}:
 		default:
 		}
+	}
+	return nil
+}
+
+// Untake puts back a slab that Take handed out and whose batch its taker
+// never used (a batch set aside for a learner that left before it took
+// it): the next Take hands it out again, before any newer batch.
+func (c *Consumers) Untake(slab int) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if slab < 0 || slab >= len(c.held) || !c.held[slab] || slices.Contains(c.again, slab) {
+		return fmt.Errorf("%w: %d", ErrNotHeld, slab)
+	}
+	c.again = append(c.again, slab)
+	select {
+	case c.kick <- struct{}{}:
+	default:
 	}
 	return nil
 }

@@ -98,3 +98,80 @@ func TestConsumersCloseWakesTakers(t *testing.T) {
 		}
 	}
 }
+
+// TestConsumersUntakeHandsTheBatchOutAgain: a batch put back with Untake
+// goes to the next Take, before newer batches, and wakes a Take already
+// waiting on the ring; Give and Untake refuse it while it waits.
+func TestConsumersUntakeHandsTheBatchOutAgain(t *testing.T) {
+	r, err := New(Layout{BatchSize: 1, NumSlabs: 3, LeafBytes: []int{8}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Free()
+	c := NewConsumers(r)
+	fill := func(v byte) {
+		res, err := r.Claim(context.Background(), 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Slot(res.Start, 0)[0] = v
+		r.Commit(res)
+	}
+	fill(1)
+	fill(2)
+	a, err := c.Take(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Untake(a); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Untake(a); !errors.Is(err, ErrNotHeld) {
+		t.Fatalf("second Untake: %v", err)
+	}
+	if err := c.Give(a); !errors.Is(err, ErrNotHeld) {
+		t.Fatalf("Give of a slab put back: %v", err)
+	}
+	again, err := c.Take(context.Background())
+	if err != nil || again != a || r.LeafBlock(again, 0)[0] != 1 {
+		t.Fatalf("Take after Untake: slab %d (%v), want %d holding 1", again, err, a)
+	}
+	b, err := c.Take(context.Background())
+	if err != nil || r.LeafBlock(b, 0)[0] != 2 {
+		t.Fatalf("then the newer batch: slab %d (%v)", b, err)
+	}
+	// A Take waiting on the ring (no third batch) gets a batch put back.
+	got := make(chan int, 1)
+	go func() {
+		s, err := c.Take(context.Background())
+		if err != nil {
+			t.Error(err)
+		}
+		got <- s
+	}()
+	time.Sleep(10 * time.Millisecond)
+	select {
+	case s := <-got:
+		t.Fatalf("Take returned slab %d with no batch complete", s)
+	default:
+	}
+	if err := c.Untake(b); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case s := <-got:
+		if s != b {
+			t.Fatalf("the waiting Take got slab %d, want %d", s, b)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Untake did not wake the waiting Take")
+	}
+	for _, s := range []int{again, b} {
+		if err := c.Give(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := c.Stats(); st.Batches != 2 || st.Stored != 0 {
+		t.Fatalf("stats %+v: two batches taken, none stored", st)
+	}
+}

@@ -514,17 +514,18 @@ func (r *Ring) commit(res Reservation) (completed, woke bool) {
 // done first.
 func (r *Ring) Next(ctx context.Context) (slab int, err error) {
 	r.Release()
-	slab, err = r.await(ctx)
+	slab, err = r.await(ctx, nil)
 	r.holding = err == nil
 	return slab, err
 }
 
 // await waits until batch r.next is complete and hands it out: Next's and
-// Take's wait. One goroutine at a time.
-func (r *Ring) await(ctx context.Context) (slab int, err error) {
+// Take's wait. One goroutine at a time. A receive from kick (nil: never)
+// ends the wait with errKicked, handing nothing out.
+func (r *Ring) await(ctx context.Context, kick <-chan struct{}) (slab int, err error) {
 	s := r.next % r.numSlabs
 	if r.spin != 0 && !r.ready1(s) {
-		if err := r.spinFor(ctx, s); err != nil {
+		if err := r.spinFor(ctx, s, kick); err != nil {
 			return 0, err
 		}
 	}
@@ -549,9 +550,15 @@ func (r *Ring) await(ctx context.Context) (slab int, err error) {
 		case <-ctx.Done():
 			r.waiting.Store(false)
 			return 0, ctx.Err()
+		case <-kick:
+			r.waiting.Store(false)
+			return 0, errKicked
 		}
 	}
 }
+
+// errKicked ends an await whose kick channel fired.
+var errKicked = errors.New("ringbuf: wait kicked")
 
 // ready1 reports whether slab s holds a complete batch. Its load acquires
 // every writer's copy into the slab.
@@ -564,7 +571,7 @@ const spinCheck = 64
 // the spin time has passed (never, for a negative spin). It yields the
 // processor between looks, so that on a machine with fewer cores than
 // busy goroutines the writers it waits for still run.
-func (r *Ring) spinFor(ctx context.Context, s uint64) error {
+func (r *Ring) spinFor(ctx context.Context, s uint64, kick <-chan struct{}) error {
 	var deadline time.Time
 	if r.spin > 0 {
 		deadline = time.Now().Add(r.spin)
@@ -576,6 +583,10 @@ func (r *Ring) spinFor(ctx context.Context, s uint64) error {
 		if i%spinCheck == 0 {
 			if err := ctx.Err(); err != nil {
 				return err
+			}
+			if len(kick) > 0 {
+				<-kick
+				return errKicked
 			}
 			if r.spin > 0 && time.Now().After(deadline) {
 				return nil

@@ -12,11 +12,12 @@ import (
 //
 //	length u32 (the type byte and the body) | type u8 | body
 //
-// and the memfd of the ring rides on the WELCOME frame as SCM_RIGHTS.
+// and the memfds of the ring and of the learner's offer page ride on the
+// WELCOME frame as SCM_RIGHTS.
 const (
 	// LearnerMagic and LearnerVersion open a learner's HELLO.
 	LearnerMagic         = "ECHL"
-	LearnerVersion uint8 = 1
+	LearnerVersion uint8 = 2
 	FrameHeaderLen       = 5
 	// MaxFrame bounds a frame's length: a SUBMIT carries one sample.
 	MaxFrame = 64 << 20
@@ -30,6 +31,7 @@ const (
 	FrameResetHistograms uint8 = 4
 	FrameClose           uint8 = 5
 	FrameRelease         uint8 = 6
+	FrameTake            uint8 = 7
 
 	FrameWelcome uint8 = 11
 	FrameBatch   uint8 = 12
@@ -105,6 +107,8 @@ type Welcome struct {
 	Tree         any           `json:"tree"`
 	Port         int           `json:"port"`
 	Memory       LearnerMemory `json:"memory"`
+	// OfferBytes is the size of the offer page, the WELCOME's second memfd.
+	OfferBytes int `json:"offer_bytes"`
 }
 
 // LearnerLeaf is one leaf of a WELCOME: its path, dtype, shape and the
@@ -129,8 +133,25 @@ const (
 	InfoFields = 10
 	HistFields = 7
 	// BatchBodyLen is the length of a BATCH frame's body.
-	BatchBodyLen = 4 + 8*InfoFields + 3*8*HistFields
+	BatchBodyLen = 8 + 4 + 8*InfoFields + 3*8*HistFields
+	// TakeBodyLen is the length of a TAKE frame's body: a ticket.
+	TakeBodyLen = 8
 )
+
+// The offer page: where a server sets the learner's next batch aside, as
+// the body of the BATCH that would hand it out, so that the learner can
+// take it without a round trip (docs/learner.md, "Offers"). The record of
+// ticket t starts at OfferOffset(t); its first 8 bytes, the ticket, are
+// written last.
+const (
+	OfferPageBytes = 4096
+	offerStride    = 512
+)
+
+// OfferOffset is where in the offer page the record of ticket t starts:
+// tickets alternate between two records, so that the record being written
+// is never the one the learner read last.
+func OfferOffset(ticket uint64) int { return int(ticket%2) * offerStride }
 
 // Hist is one histogram of a BATCH, in nanoseconds.
 type Hist struct {
@@ -139,9 +160,12 @@ type Hist struct {
 	P50, P90, P99   int64
 }
 
-// BatchInfo is a BATCH frame's body: the slab and echo's SampleInfo.
+// BatchInfo is a BATCH frame's body: the ticket (1 for the first batch a
+// connection is handed, then one more for each), the slab and echo's
+// SampleInfo.
 type BatchInfo struct {
-	Slab uint32
+	Ticket uint64
+	Slab   uint32
 	// StoreSize, ActiveConnections, QueueDepthSum, QueueDepthMax,
 	// PushBlockedCount, SamplesInsertedTotal, NotifyCount,
 	// CASSuccessTotal, CASFailureTotal, ReservationRetriesTotal.
@@ -153,6 +177,12 @@ type BatchInfo struct {
 func AppendBatch(dst []byte, b *BatchInfo) []byte {
 	dst = binary.LittleEndian.AppendUint32(dst, 1+BatchBodyLen)
 	dst = append(dst, FrameBatch)
+	return AppendBatchBody(dst, b)
+}
+
+// AppendBatchBody appends the body of a BATCH frame for b to dst.
+func AppendBatchBody(dst []byte, b *BatchInfo) []byte {
+	dst = binary.LittleEndian.AppendUint64(dst, b.Ticket)
 	dst = binary.LittleEndian.AppendUint32(dst, b.Slab)
 	for _, v := range b.Ints {
 		dst = binary.LittleEndian.AppendUint64(dst, uint64(v))
@@ -175,8 +205,9 @@ func DecodeBatch(body []byte) (BatchInfo, error) {
 	if len(body) != BatchBodyLen {
 		return b, fmt.Errorf("%w: batch body of %d bytes, want %d", ErrMalformed, len(body), BatchBodyLen)
 	}
-	b.Slab = binary.LittleEndian.Uint32(body)
-	off := 4
+	b.Ticket = binary.LittleEndian.Uint64(body)
+	b.Slab = binary.LittleEndian.Uint32(body[8:])
+	off := 12
 	next := func() uint64 {
 		v := binary.LittleEndian.Uint64(body[off:])
 		off += 8
@@ -191,4 +222,19 @@ func DecodeBatch(body []byte) (BatchInfo, error) {
 		h.P50, h.P90, h.P99 = int64(next()), int64(next()), int64(next())
 	}
 	return b, nil
+}
+
+// AppendTake appends a TAKE frame for ticket to dst.
+func AppendTake(dst []byte, ticket uint64) []byte {
+	dst = binary.LittleEndian.AppendUint32(dst, 1+TakeBodyLen)
+	dst = append(dst, FrameTake)
+	return binary.LittleEndian.AppendUint64(dst, ticket)
+}
+
+// DecodeTake decodes a TAKE frame's body: the ticket of the offer taken.
+func DecodeTake(body []byte) (uint64, error) {
+	if len(body) != TakeBodyLen {
+		return 0, fmt.Errorf("%w: take body of %d bytes, want %d", ErrMalformed, len(body), TakeBodyLen)
+	}
+	return binary.LittleEndian.Uint64(body), nil
 }

@@ -1,10 +1,10 @@
-"""Frames of the learner protocol, version 1 (docs/learner.md).
+"""Frames of the learner protocol, version 2 (docs/learner.md).
 
 A frame is ``length u32 | type u8 | body``, little-endian, where ``length``
 counts the type byte and the body. ``Connection`` is one learner-side
 connection to a server's learner socket: it says HELLO, takes the WELCOME
-and the memfd that rides on it, and then sends requests and reads their
-answers, one at a time.
+and the two memfds that ride on it (the ring and the offer page), and then
+sends requests and reads their answers, one at a time.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import socket
 import struct
 from typing import Any
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 # Learner to server.
 HELLO = 1
@@ -24,6 +24,7 @@ SUBMIT = 3
 RESET_HISTOGRAMS = 4
 CLOSE = 5
 RELEASE = 6
+TAKE = 7
 # Server to learner.
 WELCOME = 11
 BATCH = 12
@@ -38,6 +39,7 @@ FRAME_NAMES = {
     RESET_HISTOGRAMS: "RESET_HISTOGRAMS",
     CLOSE: "CLOSE",
     RELEASE: "RELEASE",
+    TAKE: "TAKE",
     WELCOME: "WELCOME",
     BATCH: "BATCH",
     CLOSED: "CLOSED",
@@ -47,6 +49,7 @@ FRAME_NAMES = {
 
 MAX_BODY_BYTES = 64 << 20
 _HEADER = struct.Struct("<IB")
+_TAKE = struct.Struct("<IBQ")
 _HELLO_BODY = b"ECHL" + bytes([PROTOCOL_VERSION])
 
 
@@ -62,8 +65,9 @@ class Connection:
     """One connection to a server's learner socket.
 
     Construction connects, sends HELLO and reads the WELCOME. ``welcome``
-    is its JSON; ``memfd`` is the descriptor that came with it, owned by
-    the caller (close it, or map it and then close it).
+    is its JSON; ``memfd`` and ``offer_fd`` are the descriptors that came
+    with it (the ring and the offer page), owned by the caller (close them,
+    or map them and then close them).
 
     A Connection is not safe for concurrent use: callers hold a lock
     around each ``request``. ``shutdown`` is the exception; any thread may
@@ -74,14 +78,16 @@ class Connection:
     def __init__(self, socket_path: str, timeout: float | None = None):
         self.socket_path = socket_path
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._buf = bytearray()  # bytes read past the last frame returned
         self.memfd = -1
+        self.offer_fd = -1
         try:
             self._sock.settimeout(timeout)
             self._sock.connect(socket_path)
             self._send(HELLO, _HELLO_BODY)
             fds: list[int] = []
             kind, body = self._recv(fds)
-            self.memfd = _one_fd(fds)
+            self.memfd, self.offer_fd = _two_fds(fds)
             if kind == ERROR:
                 raise RefusedError(f"{socket_path} refused HELLO: {_text(body)}")
             if kind != WELCOME:
@@ -92,8 +98,8 @@ class Connection:
                     f"{socket_path} speaks learner protocol "
                     f"{self.welcome.get('protocol')!r}; this package speaks {PROTOCOL_VERSION}"
                 )
-            if self.memfd < 0:
-                raise ProtocolError(f"{socket_path} sent WELCOME without a memfd")
+            if self.offer_fd < 0:
+                raise ProtocolError(f"{socket_path} sent WELCOME without the memfds of the ring and the offer page")
             self._sock.settimeout(None)
         except BaseException:
             self.close()
@@ -113,6 +119,14 @@ class Connection:
             raise RefusedError(f"{self.socket_path} refused {_name(kind)}: {_text(reply)}")
         return answer, reply
 
+    def take(self, ticket: int) -> None:
+        """Send TAKE: this learner takes the offer of ``ticket``; no answer comes.
+
+        Raises:
+            ConnectionError: the server ended the connection.
+        """
+        self._sock.sendall(_TAKE.pack(_TAKE.size - 4, TAKE, ticket))
+
     def shutdown(self) -> None:
         """Wake any thread blocked on this connection; it sees end of stream."""
         try:
@@ -121,11 +135,17 @@ class Connection:
             pass
 
     def close(self) -> None:
-        """Close the socket and the memfd, if still owned. Idempotent."""
+        """Close the socket and the memfds, if still owned. Idempotent."""
         self._sock.close()
-        if self.memfd >= 0:
-            os.close(self.memfd)
-            self.memfd = -1
+        self.close_fds()
+
+    def close_fds(self) -> None:
+        """Close the memfds, if still owned (once mapped, they are not needed)."""
+        for name in ("memfd", "offer_fd"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, name, -1)
 
     def _send(self, kind: int, body: bytes | memoryview) -> None:
         header = _HEADER.pack(len(body) + 1, kind)
@@ -136,27 +156,35 @@ class Connection:
             self._sock.sendall(body)
 
     def _recv(self, fds: list[int] | None) -> tuple[int, bytes]:
-        length, kind = _HEADER.unpack(self._recv_exact(_HEADER.size, fds))
+        self._fill(_HEADER.size, fds)
+        length, kind = _HEADER.unpack_from(self._buf)
         if length < 1 or length - 1 > MAX_BODY_BYTES:
             raise ProtocolError(f"{self.socket_path} sent a frame of length {length}")
-        return kind, self._recv_exact(length - 1, fds)
+        end = _HEADER.size + length - 1
+        self._fill(end, fds)
+        body = bytes(self._buf[_HEADER.size : end])
+        del self._buf[:end]
+        return kind, body
 
-    def _recv_exact(self, n: int, fds: list[int] | None) -> bytes:
-        """Read exactly n bytes; collect descriptors into fds if it is a list."""
-        buf = bytearray()
-        while len(buf) < n:
+    def _fill(self, n: int, fds: list[int] | None) -> None:
+        """Read until the buffer holds n bytes; collect descriptors into fds if it is a list.
+
+        One read takes what the socket holds, up to 64 KiB: a whole answer,
+        most often, in one system call.
+        """
+        while len(self._buf) < n:
+            want = max(n - len(self._buf), 1 << 16)
             if fds is None:
-                chunk = self._sock.recv(n - len(buf))
+                chunk = self._sock.recv(want)
             else:
-                chunk = self._recvmsg(n - len(buf), fds)
+                chunk = self._recvmsg(n - len(self._buf), fds)
             if not chunk:
                 raise ConnectionError(f"the echo server at {self.socket_path} closed the learner connection")
-            buf += chunk
-        return bytes(buf)
+            self._buf += chunk
 
     def _recvmsg(self, n: int, fds: list[int]) -> bytes:
         # MSG_CMSG_CLOEXEC: a process this one spawns must not inherit the ring.
-        data, ancdata, flags, _ = self._sock.recvmsg(n, socket.CMSG_SPACE(4 * 4), socket.MSG_CMSG_CLOEXEC)
+        data, ancdata, flags, _ = self._sock.recvmsg(n, socket.CMSG_SPACE(4 * 8), socket.MSG_CMSG_CLOEXEC)
         for level, kind, payload in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 usable = len(payload) - len(payload) % 4
@@ -169,11 +197,12 @@ class Connection:
         return data
 
 
-def _one_fd(fds: list[int]) -> int:
-    """Keep the first descriptor received, close any others."""
-    for extra in fds[1:]:
+def _two_fds(fds: list[int]) -> tuple[int, int]:
+    """Keep the first two descriptors received, close any others; -1 for those missing."""
+    for extra in fds[2:]:
         os.close(extra)
-    return fds[0] if fds else -1
+    fds = fds[:2] + [-1] * (2 - len(fds[:2]))
+    return fds[0], fds[1]
 
 
 def _name(kind: int) -> str:

@@ -1,8 +1,12 @@
 """Learners: processes that take batches from a server's learner socket.
 
-A ``Learner`` holds one connection to a running echo-server and a read-only
-mapping of its ring. Each ``sample()`` asks for the next complete batch and
-returns views of it in place: no byte of a batch is copied on its way here.
+A ``Learner`` holds one connection to a running echo-server and read-only
+mappings of its ring and of the learner's offer page. Each ``sample()``
+takes the next complete batch and returns views of it in place: no byte of
+a batch is copied on its way here. When the server has set the batch aside
+in the offer page already (it does for a learner that takes batches alone),
+taking it costs one write to the socket and no wait; otherwise ``sample()``
+asks for it and waits for the answer.
 ``Server`` uses one for the process that started the server; ``attach``
 makes one for any further learner process on the same host (data-parallel
 ranks), and each batch goes to exactly one of them.
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import platform
 import threading
 from collections.abc import Generator
 from typing import Any, NamedTuple
@@ -21,7 +26,15 @@ import optree
 
 from echo_go import _cuda, _frames
 from echo_go._spec import numpy_dtype, structure_of
-from echo_go.info import SampleInfo, decode_batch
+from echo_go.info import BATCH_BODY_BYTES, SampleInfo, decode_batch
+
+# The offer page (docs/learner.md, "Offers"): the record of ticket t starts
+# at (t % 2) * _OFFER_STRIDE, and its first 8 bytes, the ticket, are
+# written last. Reading the ticket and then the record needs loads that
+# stay in program order, which x86-64 guarantees; elsewhere this package
+# leaves the page alone and asks for every batch.
+_OFFER_STRIDE = 512
+_OFFERS_READABLE = platform.machine().lower() in ("x86_64", "amd64")
 
 
 class Sample(NamedTuple):
@@ -84,10 +97,16 @@ class Learner:
                 flags=mmap.MAP_SHARED,
                 prot=mmap.PROT_READ,
             )
-            # The mapping keeps the ring alive; the descriptor is not needed.
-            os.close(self._conn.memfd)
-            self._conn.memfd = -1
+            offer_bytes = int(welcome["offer_bytes"])
+            if offer_bytes < 2 * _OFFER_STRIDE:
+                raise _frames.ProtocolError(f"{self.socket_path}: an offer page of {offer_bytes} bytes")
+            self._offer_mm = mmap.mmap(self._conn.offer_fd, offer_bytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+            # The mappings keep the memory alive; the descriptors are not needed.
+            self._conn.close_fds()
             self._base = np.frombuffer(self._mm, dtype=np.uint8)
+            # Each record's ticket as a u64, and the records as bytes.
+            self._offer_tickets = np.frombuffer(self._offer_mm, dtype="<u8")
+            self._offers = memoryview(self._offer_mm)
             self._views: list[list[np.ndarray] | None] = [None] * self._num_slabs
             if pin_host_memory:
                 self._pin = _cuda.register(self._base.ctypes.data, self._mapping_bytes)
@@ -96,6 +115,7 @@ class Learner:
             raise
         self._lock = threading.Lock()  # held for each request and its answer
         self._slab: int | None = None  # written under _lock
+        self._ticket = 0  # the ticket of the last batch taken; under _lock
         self._closing = False  # set once by close(); read by sample()
         self._server_closed = False  # set under _lock on CLOSED
 
@@ -138,23 +158,43 @@ class Learner:
                 return None
             self._slab = None
             try:
-                kind, body = self._conn.request(_frames.NEXT)
+                body = self._take_offer()
+                if body is None:
+                    kind, body = self._conn.request(_frames.NEXT)
+                    if kind == _frames.CLOSED:
+                        self._server_closed = True
+                        return None
+                    if kind != _frames.BATCH:
+                        raise _frames.ProtocolError(
+                            f"{self.socket_path} answered NEXT with {_frames.FRAME_NAMES.get(kind, kind)}"
+                        )
             except OSError:
                 if self._closing:
                     return None
                 raise
-            if kind == _frames.CLOSED:
-                self._server_closed = True
-                return None
-            if kind != _frames.BATCH:
-                raise _frames.ProtocolError(
-                    f"{self.socket_path} answered NEXT with {_frames.FRAME_NAMES.get(kind, kind)}"
-                )
-            slab, info = decode_batch(body)
+            ticket, slab, info = decode_batch(body)
             if slab >= self._num_slabs:
                 raise _frames.ProtocolError(f"{self.socket_path} sent slab {slab} of {self._num_slabs}")
+            self._ticket = ticket
             self._slab = slab
             return Sample(batch=self._batch_in(slab), info=info)
+
+    def _take_offer(self) -> bytes | None:
+        """Take the batch the server set aside, if it did: its record, or None.
+
+        The record is read before TAKE goes out, and the server writes the
+        next offer into the other record only after that TAKE: what was read
+        is whole. Under _lock.
+        """
+        if not _OFFERS_READABLE:
+            return None
+        ticket = self._ticket + 1
+        start = (ticket % 2) * _OFFER_STRIDE
+        if int(self._offer_tickets[start // 8]) != ticket:
+            return None
+        body = bytes(self._offers[start : start + BATCH_BODY_BYTES])
+        self._conn.take(ticket)
+        return body
 
     def dataset_iter(self, *, copy: bool = False) -> Generator[Sample, None, None]:
         """Yield Samples as batches become ready; return once the server closes.
@@ -197,6 +237,9 @@ class Learner:
             self._pin = None
         self._base = np.empty(0, dtype=np.uint8)
         self._views = [None] * self._num_slabs  # the cache's views, not the caller's
+        self._offer_tickets = np.zeros(2 * _OFFER_STRIDE // 8, dtype="<u8")
+        self._offers.release()
+        self._offer_mm.close()
         try:
             self._mm.close()
         except BufferError:

@@ -56,6 +56,7 @@ class Server:
             ``submit()`` to feed samples directly.
         num_buffers: Number of ring buffer batches (min 2, default 3)
         num_drainers: Number of threads draining from producer queues
+            (the engine's ingress workers: at most one per core)
         producer_queue_size: Per-connection queue size
         pin_host_memory: CUDA-page-lock the ring buffers, so a downstream H2D
             copy is a real DMA transfer instead of a staging copy.
@@ -313,8 +314,7 @@ class Server:
             try:
                 if self._control is None:
                     self._control = _frames.Connection(self._engine_socket())
-                    os.close(self._control.memfd)  # the learner connection maps the ring
-                    self._control.memfd = -1
+                    self._control.close_fds()  # the learner connection maps the ring
                 answer, _ = self._control.request(kind, body)
             except ConnectionError as e:
                 if self._closed:

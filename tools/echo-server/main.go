@@ -20,6 +20,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -45,7 +46,7 @@ func run(args []string) error {
 	tcpAddr := fs.String("tcp", "", "TCP address for actors (\"127.0.0.1:0\"); none if empty")
 	unixPath := fs.String("unix", "", "Unix socket path for actors; none if empty")
 	buffers := fs.Int("num-buffers", echo.DefaultNumBuffers, "batch slabs in the ring")
-	drainers := fs.Int("num-drainers", 8, "ingress workers")
+	drainers := fs.Int("num-drainers", 8, "ingress workers, at most one per core (GOMAXPROCS): echo's threads, but workers past the cores only add wake-ups")
 	queue := fs.Int("producer-queue-size", 8, "samples a producer may have queued")
 	parent := fs.Int("parent-pid", 0, "exit when this process ends (0: never)")
 	if err := fs.Parse(args); err != nil {
@@ -64,7 +65,7 @@ func run(args []string) error {
 	}
 	opts := []echo.Option{
 		echo.WithLearnerSocket(*socket), echo.WithNumBuffers(*buffers),
-		echo.WithNumDrainers(*drainers), echo.WithProducerQueueSize(*queue),
+		echo.WithNumDrainers(min(*drainers, runtime.GOMAXPROCS(0))), echo.WithProducerQueueSize(*queue),
 	}
 	if *tcpAddr != "" {
 		opts = append(opts, echo.WithTCP(*tcpAddr))
