@@ -16,6 +16,7 @@ import select
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -30,6 +31,12 @@ _log = logging.getLogger("echo_go.server")
 BINARY_ENV = "ECHO_GO_SERVER"
 
 START_TIMEOUT_S = 30.0
+
+# Popen's arguments for a child in a process group of its own (Python 3.11
+# has process_group; before it, setpgid in the child).
+_OWN_PROCESS_GROUP: dict[str, Any] = (
+    {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
+)
 EXIT_TIMEOUT_S = 10.0
 
 
@@ -88,15 +95,18 @@ class Engine:
                 args += ["--tcp", tcp]
             for flag, value in options.items():
                 args += [f"--{flag}", str(value)]
-            # A session of its own: a Ctrl-C meant for this process must not
-            # close the server under it. It exits when this process does
-            # (--parent-pid), or on CLOSE.
+            # A process group of its own: a Ctrl-C meant for this process
+            # must not close the server under it. It exits when this process
+            # does (--parent-pid), or on CLOSE. Not a session of its own:
+            # where the kernel groups CPU time by session (autogroup), the
+            # server must share this learner's, as echo's threads do, and not
+            # take a session's share of every core for itself.
             self.proc = subprocess.Popen(
                 args,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                start_new_session=True,
+                **_OWN_PROCESS_GROUP,
             )
             self._stderr = _StderrPump(self.proc.stderr, self.proc.pid)
             ready = self._read_ready_line(START_TIMEOUT_S)

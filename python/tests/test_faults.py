@@ -52,6 +52,17 @@ def test_killing_the_server_ends_a_blocked_sample_within_a_second():
     assert server.sample() is None
 
 
+def test_the_server_shares_this_session_but_not_its_ctrl_c():
+    """A process group of its own (the terminal's Ctrl-C reaches this process
+    alone), in this process's session: where the kernel shares CPU time out
+    by session, the server's time counts as this learner's."""
+    with echo_go.Server(example(), batch_size=4) as server:
+        server.start()
+        pid = server._engine.proc.pid
+        assert os.getpgid(pid) == pid != os.getpgrp()
+        assert os.getsid(pid) == os.getsid(0)
+
+
 def test_the_error_names_the_server():
     server = echo_go.Server(example(), batch_size=4)
     server.start()

@@ -2,14 +2,17 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"slices"
 	"strings"
-	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/seed-a9ef92a1/echo"
 	"github.com/seed-a9ef92a1/echo/bench"
@@ -18,7 +21,9 @@ import (
 
 // LearnerRow is one cell of the learner comparison: a learner loop on
 // echo's Python API (echo's own Server, or echo_go's: this engine behind
-// the same API), or Go's in-process Sample, fed by the same Go load.
+// the same API), or a Go server process whose learner loop calls Sample in
+// process (the ceiling: a hand-off that costs nothing), fed by the same Go
+// load from this process.
 type LearnerRow struct {
 	Workload string  `json:"workload"`
 	Clients  int     `json:"clients"`
@@ -26,8 +31,7 @@ type LearnerRow struct {
 	Samples  int     `json:"samples"`
 	Rate     float64 `json:"samples_per_s"`
 	// CPUPerGB is the learner host's CPU seconds (the learner process and
-	// its server, echo_go's being a child process) per GB ingested; 0 for
-	// "go", whose process also runs the load.
+	// its server, echo_go's being a child process) per GB ingested.
 	CPUPerGB float64 `json:"cpu_s_per_gb"`
 	// Handoff is the time from a request to the batch's views, p50 and
 	// p99 in µs, over requests made when a whole batch already waited.
@@ -86,12 +90,7 @@ func runLearners(o options, bar *cli.Progress) ([]LearnerRow, error) {
 func measureLearner(o options, dir string, w bench.Workload, clients, per int, kind string) (LearnerRow, error) {
 	r := LearnerRow{Workload: w.Short, Clients: clients, Learner: kind, Samples: clients * per}
 	gb := float64(r.Samples) * float64(w.PayloadBytes) / 1e9
-	if kind == "go" {
-		d, handoff, n, err := goLearner(w, clients, per, o.group)
-		r.Rate, r.Handoff, r.Handoffs = float64(r.Samples)/d.Seconds(), handoff, n
-		return r, err
-	}
-	addr, stop, err := startPyLearner(o, dir, w, kind)
+	addr, stop, err := startLearnerProc(o, dir, w, kind)
 	if err != nil {
 		return r, err
 	}
@@ -117,44 +116,75 @@ func cmpErr(a, b error) error {
 	return b
 }
 
-// goLearner is the in-process reference: a Go server whose learner loop
-// calls Sample and touches one byte of each leaf, timing Sample when a
-// whole batch already waited, under the same load.
-func goLearner(w bench.Workload, clients, per, group int) (time.Duration, [2]float64, int, error) {
+// learnerChild is the Go learner process (--learner-child): a server for
+// workload whose learner loop calls Sample and touches one byte of each
+// leaf, as bench_server.py's does on echo's Python API, in the same
+// protocol: it prints {"port": P} once listening and, when stdin closes,
+// its learnerStats (CPU from the first batch; Sample timed when a whole
+// batch already waited).
+func learnerChild(workload string) error {
+	w, err := bench.Get(workload)
+	if err != nil {
+		return err
+	}
 	s, err := echo.NewServer(w.MustSample(0), w.BatchSize, echo.WithTCP("127.0.0.1:0"))
 	if err != nil {
-		return 0, [2]float64{}, 0, err
+		return err
 	}
 	if err := s.Start(); err != nil {
 		s.Close()
-		return 0, [2]float64{}, 0, err
+		return err
 	}
-	var handoffs []float64
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		ready := false
-		var sink byte
-		for {
-			t0 := time.Now()
-			smp, err := s.Sample(context.Background())
-			d := time.Since(t0)
-			if err != nil {
-				return
-			}
-			if ready {
-				handoffs = append(handoffs, float64(d.Nanoseconds())/1e3)
-			}
-			for _, l := range smp.Leaves {
-				if b := l.Bytes(); len(b) > 0 {
-					sink ^= b[0]
-				}
-			}
-			ready = smp.Info.StoreSize >= int64(w.BatchSize)
+	hello, err := json.Marshal(map[string]int{"port": s.Addr().(*net.TCPAddr).Port})
+	if err != nil {
+		return err
+	}
+	fmt.Println(string(hello))
+	cpu := func() float64 {
+		var ru unix.Rusage
+		if err := unix.Getrusage(unix.RUSAGE_SELF, &ru); err != nil {
+			return 0
 		}
-	})
-	d, err := goLoad(s.Addr().String(), w, clients, per, group)
-	s.Close()
-	wg.Wait()
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+	}
+	var cpuEnd float64
+	stopped := make(chan struct{})
+	go func() {
+		io.Copy(io.Discard, os.Stdin)
+		cpuEnd = cpu()
+		close(stopped)
+		s.Close()
+	}()
+	var st learnerStats
+	var handoffs []float64
+	cpu0 := -1.0
+	ready := false
+	var sink byte
+	for {
+		t0 := time.Now()
+		smp, err := s.Sample(context.Background())
+		d := time.Since(t0)
+		if err != nil {
+			break
+		}
+		if ready {
+			handoffs = append(handoffs, float64(d.Nanoseconds())/1e3)
+		}
+		for _, l := range smp.Leaves {
+			if b := l.Bytes(); len(b) > 0 {
+				sink ^= b[0]
+			}
+		}
+		if cpu0 < 0 {
+			cpu0 = cpu()
+		}
+		st.Batches++
+		ready = smp.Info.StoreSize >= int64(w.BatchSize)
+	}
+	<-stopped
+	if cpu0 >= 0 {
+		st.CPU = max(0, cpuEnd-cpu0)
+	}
 	slices.Sort(handoffs)
 	pct := func(q float64) float64 {
 		if len(handoffs) == 0 {
@@ -162,7 +192,16 @@ func goLearner(w bench.Workload, clients, per, group int) (time.Duration, [2]flo
 		}
 		return handoffs[min(len(handoffs)-1, int(q*float64(len(handoffs))))]
 	}
-	return d, [2]float64{pct(0.5), pct(0.99)}, len(handoffs), err
+	st.Handoff, st.Handoffs = [2]float64{pct(0.5), pct(0.99)}, len(handoffs)
+	out, err := json.Marshal(struct {
+		learnerStats
+		Sink byte `json:"sink"`
+	}{st, sink})
+	if err != nil {
+		return err
+	}
+	fmt.Println(string(out))
+	return nil
 }
 
 // handoff formats a hand-off's p50 / p99, or says none was timed: the
@@ -176,10 +215,10 @@ func handoff(h [2]float64, n int, digits int) string {
 
 // writeLearners writes the learner table.
 func writeLearners(w io.Writer, rows []LearnerRow) {
-	fmt.Fprintln(w, "#### Python learners: echo's `Server` API on this engine (`echo_go`) and on echo's own, fed by the same Go load")
+	fmt.Fprintln(w, "#### Python learners: echo's `Server` API on this engine (`echo_go`) and on echo's own, beside a Go learner process, fed by the same Go load")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| workload | clients | echo_go samples/s | echo samples/s | ratio | echo_go CPU-s/GB | echo CPU-s/GB | ratio | hand-off p50 / p99 µs: echo_go | echo | Go `Sample` |")
-	fmt.Fprintln(w, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+	fmt.Fprintln(w, "| workload | clients | echo_go samples/s | echo samples/s | echo_go / echo | Go learner process samples/s (ceiling) | echo_go / ceiling | echo_go CPU-s/GB | echo CPU-s/GB | echo_go / echo | hand-off p50 / p99 µs: echo_go | echo | Go `Sample` |")
+	fmt.Fprintln(w, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
 	find := func(wl string, n int, kind string) *LearnerRow {
 		for i := range rows {
 			if rows[i].Workload == wl && rows[i].Clients == n && rows[i].Learner == kind {
@@ -202,15 +241,16 @@ func writeLearners(w io.Writer, rows []LearnerRow) {
 			}
 			ehand = handoff(e.Handoff, e.Handoffs, 0)
 		}
-		ghand := "—"
+		grate, gratio, ghand := "—", "—", "—"
 		if g != nil {
+			grate, gratio = rate(g.Rate), fmt.Sprintf("%.2f", r.Rate/g.Rate)
 			ghand = handoff(g.Handoff, g.Handoffs, 1)
 		}
-		fmt.Fprintf(w, "| %s | %d | %s | %s | %s | %.2f | %s | %s | %s | %s | %s |\n",
-			r.Workload, r.Clients, rate(r.Rate), erate, ratio, r.CPUPerGB, ecpu, cpuRatio,
+		fmt.Fprintf(w, "| %s | %d | %s | %s | %s | %s | %s | %.2f | %s | %s | %s | %s | %s |\n",
+			r.Workload, r.Clients, rate(r.Rate), erate, ratio, grate, gratio, r.CPUPerGB, ecpu, cpuRatio,
 			handoff(r.Handoff, r.Handoffs, 0), ehand, ghand)
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "samples/s as the load sees them (sent and acknowledged); CPU-s/GB counts the learner process and, for echo_go, its server process, from the first batch; the hand-off is `sample()` (`Sample` in Go) from the request to the batch's views, timed when a whole batch already waited (how many such requests in brackets). Load, servers and learners share this machine's cores.")
+	fmt.Fprintln(w, "samples/s as the load sees them (sent and acknowledged). The ceiling is a Go server process whose learner calls `Sample` in process: what any learner in another process could reach if its hand-off cost nothing. CPU-s/GB counts the learner process and, for echo_go, its server process, from the first batch; the hand-off is `sample()` (`Sample` in Go) from the request to the batch's views, timed when a whole batch already waited (how many such requests in brackets). The load runs in echo-bench's process; load, servers and learners share this machine's cores.")
 	fmt.Fprintln(w)
 }

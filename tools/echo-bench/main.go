@@ -88,10 +88,17 @@ func main() {
 	fs.BoolVar(&o.interop, "interop", true, "run the comparison with echo's own server and client")
 	fs.BoolVar(&o.learners, "learners", true, "run the learner section: echo's Python API on this engine (echo_go) beside echo's own, and Go's Sample")
 	fs.BoolVar(&o.latency, "latency", true, "run the latency section: learner and actor in separate processes, at fixed rates, beside the reference and echo's own server")
-	var latencyChildArg string
+	var latencyChildArg, learnerChildArg string
 	fs.StringVar(&latencyChildArg, "latency-child", "", "internal, for --latency: serve as a learner process of `KIND:BATCH:WAIT`")
+	fs.StringVar(&learnerChildArg, "learner-child", "", "internal, for --learners: serve as the Go learner process of `WORKLOAD`")
 	fs.DurationVar(&benchtime, "benchtime", time.Second, "time per suite benchmark (--quick: 100ms)")
 	cmd.Parse(os.Args[1:])
+	if learnerChildArg != "" {
+		if err := learnerChild(learnerChildArg); err != nil {
+			fatal(err)
+		}
+		return
+	}
 	if latencyChildArg != "" {
 		if err := latencyChild(latencyChildArg); err != nil {
 			fatal(err)
@@ -434,30 +441,42 @@ func workloadFile(dir string, w bench.Workload) (string, error) {
 // startEchoServer runs echo's server (bench_server.py) until stop closes
 // its stdin.
 func startEchoServer(o options, dir string, w bench.Workload) (string, func() error, error) {
-	addr, stop, err := startPyLearner(o, dir, w, "echo")
+	addr, stop, err := startLearnerProc(o, dir, w, "echo")
 	if err != nil {
 		return "", nil, err
 	}
 	return addr, func() error { _, err := stop(); return err }, nil
 }
 
-// pyLearnerStats is what bench_server.py says when it stops.
-type pyLearnerStats struct {
+// learnerStats is what a learner process (bench_server.py, or echo-bench's
+// --learner-child) says when it stops.
+type learnerStats struct {
 	Batches  int        `json:"batches"`
 	CPU      float64    `json:"cpu_s"`
 	Handoff  [2]float64 `json:"handoff_us"`
 	Handoffs int        `json:"handoffs"`
 }
 
-// startPyLearner runs bench_server.py, a learner on echo's Python API from
-// module (echo, or echo_go: the Go engine behind it), until stop closes its
-// stdin; stop returns what it measured.
-func startPyLearner(o options, dir string, w bench.Workload, module string) (string, func() (pyLearnerStats, error), error) {
-	wf, err := workloadFile(dir, w)
-	if err != nil {
-		return "", nil, err
+// startLearnerProc runs a learner process until stop closes its stdin; stop
+// returns what it measured. kind "go" is this program as --learner-child;
+// any other is bench_server.py, a learner on echo's Python API from that
+// module (echo, or echo_go: the Go engine behind it).
+func startLearnerProc(o options, dir string, w bench.Workload, kind string) (string, func() (learnerStats, error), error) {
+	var cmd *exec.Cmd
+	name := "bench_server.py (" + kind + ")"
+	if kind == "go" {
+		self, err := os.Executable()
+		if err != nil {
+			return "", nil, err
+		}
+		cmd, name = exec.Command(self, "--learner-child", w.Short), "echo-bench --learner-child"
+	} else {
+		wf, err := workloadFile(dir, w)
+		if err != nil {
+			return "", nil, err
+		}
+		cmd = exec.Command(o.python, filepath.Join(o.interopDir, "bench_server.py"), "--workload", wf, "--module", kind)
 	}
-	cmd := exec.Command(o.python, filepath.Join(o.interopDir, "bench_server.py"), "--workload", wf, "--module", module)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	stdin, err := cmd.StdinPipe()
@@ -476,10 +495,10 @@ func startPyLearner(o options, dir string, w bench.Workload, module string) (str
 	if !lines.Scan() || json.Unmarshal(lines.Bytes(), &hello) != nil || hello.Port == 0 {
 		cmd.Process.Kill()
 		cmd.Wait()
-		return "", nil, fmt.Errorf("bench_server.py (%s) did not start: %s", module, stderr.String())
+		return "", nil, fmt.Errorf("%s did not start: %s", name, stderr.String())
 	}
-	return fmt.Sprintf("127.0.0.1:%d", hello.Port), func() (pyLearnerStats, error) {
-		var st pyLearnerStats
+	return fmt.Sprintf("127.0.0.1:%d", hello.Port), func() (learnerStats, error) {
+		var st learnerStats
 		stdin.Close()
 		done := make(chan error, 1)
 		go func() {
@@ -491,12 +510,12 @@ func startPyLearner(o options, dir string, w bench.Workload, module string) (str
 		select {
 		case err := <-done:
 			if err != nil {
-				return st, fmt.Errorf("bench_server.py (%s): %w: %s", module, err, stderr.String())
+				return st, fmt.Errorf("%s: %w: %s", name, err, stderr.String())
 			}
 			return st, nil
 		case <-time.After(30 * time.Second):
 			cmd.Process.Kill()
-			return st, fmt.Errorf("bench_server.py (%s) did not stop: %s", module, stderr.String())
+			return st, fmt.Errorf("%s did not stop: %s", name, stderr.String())
 		}
 	}, nil
 }
