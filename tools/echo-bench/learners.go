@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -37,6 +38,11 @@ type LearnerRow struct {
 	// p99 in µs, over requests made when a whole batch already waited.
 	Handoff  [2]float64 `json:"handoff_us"`
 	Handoffs int        `json:"handoffs"` // requests timed: made with a whole batch waiting
+	// Runs is how many runs of the cell there were (--learner-runs), each
+	// kind's in turn; the row is the run of median samples/s, and
+	// RateRange the lowest and highest samples/s over the runs.
+	Runs      int        `json:"runs"`
+	RateRange [2]float64 `json:"samples_per_s_range"`
 }
 
 // pythonHas reports whether python can import module.
@@ -64,7 +70,8 @@ func runLearners(o options, bar *cli.Progress) ([]LearnerRow, error) {
 	}
 	defer os.RemoveAll(dir)
 	var rows []LearnerRow
-	total := len(o.workloads) * len(clients) * len(kinds)
+	runs := max(1, o.learnerRuns)
+	total := len(o.workloads) * len(clients) * len(kinds) * runs
 	i := 0
 	for _, name := range o.workloads {
 		w, err := bench.Get(strings.TrimSpace(name))
@@ -72,19 +79,43 @@ func runLearners(o options, bar *cli.Progress) ([]LearnerRow, error) {
 			return nil, err
 		}
 		for _, n := range clients {
-			for _, kind := range kinds {
-				bar.Printf("[%s] learners %d/%d  %s clients=%d learner=%s", progress(i, total), i+1, total, w.Short, n, kind)
-				i++
-				per := (cell{w: w, clients: n}.samples(o.quick) + n - 1) / n
-				r, err := measureLearner(o, dir, w, n, per, kind)
-				if err != nil {
-					return nil, fmt.Errorf("%s clients=%d learner=%s: %w", w.Short, n, kind, err)
+			// The kinds take turns, run after run, so that each meets the
+			// machine as the others do.
+			byKind := make(map[string][]LearnerRow)
+			for run := range runs {
+				for _, kind := range kinds {
+					bar.Printf("[%s] learners %d/%d  %s clients=%d learner=%s run %d", progress(i, total), i+1, total, w.Short, n, kind, run+1)
+					i++
+					per := (learnerSamples(w, o.quick) + n - 1) / n
+					r, err := measureLearner(o, dir, w, n, per, kind)
+					if err != nil {
+						return nil, fmt.Errorf("%s clients=%d learner=%s: %w", w.Short, n, kind, err)
+					}
+					byKind[kind] = append(byKind[kind], r)
 				}
-				rows = append(rows, r)
+			}
+			for _, kind := range kinds {
+				rows = append(rows, medianRun(byKind[kind]))
 			}
 		}
 	}
 	return rows, nil
+}
+
+// learnerSamples is how many samples a learner cell sends: twice a
+// comparison cell's, for runs of a second or more.
+func learnerSamples(w bench.Workload, quick bool) int {
+	return 2 * cell{w: w}.samples(quick)
+}
+
+// medianRun is the run of median samples/s, with the range over all.
+func medianRun(runs []LearnerRow) LearnerRow {
+	sorted := slices.Clone(runs)
+	slices.SortFunc(sorted, func(a, b LearnerRow) int { return cmp.Compare(a.Rate, b.Rate) })
+	r := sorted[len(sorted)/2]
+	r.Runs = len(runs)
+	r.RateRange = [2]float64{sorted[0].Rate, sorted[len(sorted)-1].Rate}
+	return r
 }
 
 func measureLearner(o options, dir string, w bench.Workload, clients, per int, kind string) (LearnerRow, error) {
@@ -251,6 +282,11 @@ func writeLearners(w io.Writer, rows []LearnerRow) {
 			handoff(r.Handoff, r.Handoffs, 0), ehand, ghand)
 	}
 	fmt.Fprintln(w)
+	runs := 1
+	if len(rows) > 0 {
+		runs = rows[0].Runs
+	}
+	fmt.Fprintf(w, "Each cell ran %d time(s), echo_go, echo and the Go learner taking turns; each figure is from the run of median samples/s (every run's range is in --json's samples_per_s_range). ", runs)
 	fmt.Fprintln(w, "samples/s as the load sees them (sent and acknowledged). The ceiling is a Go server process whose learner calls `Sample` in process: what any learner in another process could reach if its hand-off cost nothing. CPU-s/GB counts the learner process and, for echo_go, its server process, from the first batch; the hand-off is `sample()` (`Sample` in Go) from the request to the batch's views, timed when a whole batch already waited (how many such requests in brackets). The load runs in echo-bench's process; load, servers and learners share this machine's cores.")
 	fmt.Fprintln(w)
 }

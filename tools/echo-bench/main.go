@@ -62,6 +62,8 @@ type options struct {
 	clients    []int
 	workloads  []string
 	group      int
+	// learnerRuns is how many runs each learner cell gets.
+	learnerRuns int
 }
 
 // docSection names the generated section that --doc rewrites.
@@ -86,6 +88,7 @@ func main() {
 	fs.IntVar(&o.group, "group", 1, "samples per Go client call: 1 is Client.Send, more is Client.SendBatch")
 	fs.BoolVar(&o.suite, "suite", true, "run the benchmark suite, layer by layer")
 	fs.BoolVar(&o.interop, "interop", true, "run the comparison with echo's own server and client")
+	fs.IntVar(&o.learnerRuns, "learner-runs", 3, "runs of each learner cell, the learners taking turns; the tables give the median run (--quick: 1)")
 	fs.BoolVar(&o.learners, "learners", true, "run the learner section: echo's Python API on this engine (echo_go) beside echo's own, and Go's Sample")
 	fs.BoolVar(&o.latency, "latency", true, "run the latency section: learner and actor in separate processes, at fixed rates, beside the reference and echo's own server")
 	var latencyChildArg, learnerChildArg string
@@ -104,6 +107,9 @@ func main() {
 			fatal(err)
 		}
 		return
+	}
+	if o.quick && o.learnerRuns == 3 {
+		o.learnerRuns = 1
 	}
 	if o.quick && benchtime == time.Second {
 		benchtime = 100 * time.Millisecond
