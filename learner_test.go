@@ -360,11 +360,16 @@ func TestLearnerOffers(t *testing.T) {
 		t.Fatal("no offer of ticket 4")
 	}
 
-	// A second learner takes batches. The Take a started for its next
-	// offer when it took ticket 4 still ends in an offer (ticket 5); after
-	// that, nothing more is set aside for either.
+	// A second learner takes batches. The Take the server started for a's
+	// next offer when a took ticket 4 still ends in an offer (ticket 5);
+	// after that, nothing more is set aside for either.
 	if _, err := a.c.Write(wire.AppendTake(nil, 4)); err != nil {
 		t.Fatal(err)
+	}
+	// Requests are served in order: once RELEASE is answered, the server
+	// has read the TAKE, and started taking a's next batch.
+	if typ, _, err := a.request(wire.FrameRelease, nil); err != nil || typ != wire.FrameOK {
+		t.Fatalf("RELEASE: type %d, %v", typ, err)
 	}
 	b := attachLearner(t, path)
 	bRows := make(chan [][2]int, 1)
