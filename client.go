@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -430,7 +431,7 @@ func specMismatch(spec *pytree.Spec, want, got wire.Handshake) error {
 				Got:  fmt.Sprintf("%v (%d bytes)", l.DType, a.DTypeSize),
 				Want: fmt.Sprintf("a %d-byte dtype", b.DTypeSize)})
 		}
-		if !equalShape(a.Shape, b.Shape) {
+		if !slices.Equal(a.Shape, b.Shape) {
 			return mismatchError(&pytree.MismatchError{Path: l.Path, What: "shape",
 				Got: fmt.Sprint(a.Shape), Want: fmt.Sprint(b.Shape)})
 		}
@@ -438,18 +439,6 @@ func specMismatch(spec *pytree.Spec, want, got wire.Handshake) error {
 	// Not reached while ReadHandshake accepts version 1 alone: Compare
 	// found a difference, and it lies in the arrays.
 	return fmt.Errorf("%w: server speaks version %d, this client %d", ErrVersion, got.Version, want.Version)
-}
-
-func equalShape(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // Send writes one sample, its leaves straight from the caller's arrays in

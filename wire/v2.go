@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"math"
+	"slices"
 	"strings"
 	"unicode/utf8"
 
@@ -333,7 +334,7 @@ func LeafMismatch(mine, server []Leaf) string {
 			return fmt.Sprintf("leaf %d is %s, expected %s", i, pathName(a.Path), pathName(b.Path))
 		case a.DType != b.DType:
 			return fmt.Sprintf("%s: dtype %s, expected %s", pathName(a.Path), a.DType, b.DType)
-		case !equalInts(a.Shape, b.Shape):
+		case !slices.Equal(a.Shape, b.Shape):
 			return fmt.Sprintf("%s: shape %s, expected %s", pathName(a.Path), shapeString(a.Shape), shapeString(b.Shape))
 		}
 	}
@@ -349,19 +350,6 @@ func pathName(p string) string {
 		return "<root>"
 	}
 	return p
-}
-
-// equalInts reports whether two shapes are equal; nil equals empty.
-func equalInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // decoder reads little-endian fields off the front of b; the first short

@@ -18,7 +18,7 @@ import mmap
 import os
 import platform
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -202,13 +202,7 @@ class Learner:
         Pass ``copy=True`` to deep-copy each batch, so that it outlives the
         next iteration.
         """
-        while True:
-            sample = self.sample()
-            if sample is None:
-                return
-            if copy:
-                sample = Sample(batch=optree.tree_map(np.copy, sample.batch), info=sample.info)
-            yield sample
+        return iterate(self.sample, copy=copy)
 
     def release(self) -> None:
         """Give the batch held back to the server without asking for another."""
@@ -287,6 +281,21 @@ class Learner:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def iterate(sample: Callable[[], Sample | None], *, copy: bool) -> Generator[Sample, None, None]:
+    """Yield what ``sample`` returns until it returns None: ``dataset_iter``'s loop.
+
+    With ``copy``, each batch is deep-copied, so that it outlives the next
+    iteration.
+    """
+    while True:
+        got = sample()
+        if got is None:
+            return
+        if copy:
+            got = Sample(batch=optree.tree_map(np.copy, got.batch), info=got.info)
+        yield got
 
 
 def attach(socket_path: str | os.PathLike[str], *, pin_host_memory: bool = False) -> Learner:

@@ -20,7 +20,7 @@ import optree
 from echo_go import _cuda, _frames
 from echo_go._engine import Engine
 from echo_go._spec import ExampleSpec, describe_example
-from echo_go.learner import Learner, Sample
+from echo_go.learner import Learner, Sample, iterate
 
 __all__ = ["Sample", "Server", "TcpTransport"]
 
@@ -184,13 +184,7 @@ class Server:
         Pass ``copy=True`` to deep-copy each batch and free the underlying
         ring slots for reuse on the next iteration.
         """
-        while True:
-            sample = self.sample()
-            if sample is None:
-                return
-            if copy:
-                sample = Sample(batch=optree.tree_map(np.copy, sample.batch), info=sample.info)
-            yield sample
+        return iterate(self.sample, copy=copy)
 
     def submit(self, data: Any) -> None:
         """Submit a single sample directly to the store (in-process / tests).
