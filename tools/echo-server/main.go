@@ -73,6 +73,11 @@ func run(args []string) error {
 	if *unixPath != "" {
 		opts = append(opts, echo.WithUnix(*unixPath))
 	}
+	// Before the ready line: a SIGTERM sent once it is out must find the
+	// handler, not the default action.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sig)
 	srv, err := echo.NewServer(example, *batch, opts...)
 	if err != nil {
 		return err
@@ -93,8 +98,6 @@ func run(args []string) error {
 		return err
 	}
 
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	tick := time.NewTicker(parentPoll)
 	defer tick.Stop()
 	for {
