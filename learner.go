@@ -176,6 +176,10 @@ type learnerConn struct {
 func (l *learners) serve(c *net.UnixConn) {
 	ctx, gone := context.WithCancel(l.ctx)
 	frames := make(chan frame)
+	// The reader ends only when its connection does: a request it read is
+	// always served, so that a NEXT read as the server closes still gets
+	// its CLOSED. Once serve has returned, its deferred drain takes what
+	// the reader still sends, until the closed connection ends the reads.
 	go func() {
 		defer close(frames)
 		defer gone()
@@ -185,11 +189,7 @@ func (l *learners) serve(c *net.UnixConn) {
 			if err != nil {
 				return
 			}
-			select {
-			case frames <- f:
-			case <-ctx.Done():
-				return
-			}
+			frames <- f
 		}
 	}()
 	lc := &learnerConn{l: l, c: c, ctx: ctx, held: -1, offer: -1, results: make(chan taken, 1)}

@@ -419,11 +419,15 @@ func TestLearnerOffers(t *testing.T) {
 func TestLearnerOfferGoesToTheNextLearner(t *testing.T) {
 	const batch = 2
 	s, path := learnerServer(t, batch, echo.WithNumBuffers(3))
-	for seq := range 3 * batch {
-		if err := s.Submit(t.Context(), numbered(1, seq)); err != nil {
-			t.Fatal(err)
+	submit := func(from, n int) {
+		t.Helper()
+		for seq := from; seq < from+n; seq++ {
+			if err := s.Submit(t.Context(), numbered(1, seq)); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
+	submit(0, 2*batch)
 	dead := attachLearner(t, path)
 	if rows, _, ok := dead.next(); !ok || rows[0] != [2]int{1, 0} {
 		t.Fatalf("first batch %v", rows)
@@ -432,10 +436,14 @@ func TestLearnerOfferGoesToTheNextLearner(t *testing.T) {
 		t.Fatal("no offer of ticket 2")
 	}
 	dead.c.Close()
+	// No newer batch is complete yet: the next learner's NEXT waits until
+	// the server has seen the first one leave, and gets its offer.
 	next := attachLearner(t, path)
-	for _, first := range []int{batch, 2 * batch} {
-		if rows, _, ok := next.next(); !ok || rows[0] != [2]int{1, first} {
-			t.Fatalf("batch %v, want the one from seq %d", rows, first)
-		}
+	if rows, _, ok := next.next(); !ok || rows[0] != [2]int{1, batch} {
+		t.Fatalf("batch %v, want the offer left behind (seq %d)", rows, batch)
+	}
+	submit(2*batch, batch)
+	if rows, _, ok := next.next(); !ok || rows[0] != [2]int{1, 2 * batch} {
+		t.Fatalf("batch %v, want the one from seq %d", rows, 2*batch)
 	}
 }
