@@ -82,39 +82,58 @@ func (m MemoryInfo) HugePages() bool { return m.HugePageBytes > 0 }
 // mapRing maps size bytes for the ring, a multiple of hugePageSize, and
 // faults every page in, so that the hot path never takes a page fault: a
 // private anonymous mapping, or when shared a memfd mapped shared (see
-// mapShared). fd is the memfd, or -1.
-func mapRing(size int, shared bool) (mem []byte, fd int, info MemoryInfo, err error) {
+// mapShared). mapping is what Free unmaps, mem the ring inside it, and fd
+// the memfd or -1.
+func mapRing(size int, shared bool) (mapping, mem []byte, fd int, info MemoryInfo, err error) {
 	if shared {
-		return mapShared(size)
+		mem, fd, info, err = mapShared(size)
+		return mem, mem, fd, info, err
 	}
-	mem, info, err = mapAnonymous(size)
-	return mem, -1, info, err
+	mapping, mem, info, err = mapAnonymous(size)
+	return mapping, mem, -1, info, err
 }
 
 // mapAnonymous maps size bytes of private anonymous memory, advises huge
-// pages and faults it in.
-func mapAnonymous(size int) ([]byte, MemoryInfo, error) {
-	info := MemoryInfo{Kind: KindAnonymous, Bytes: size}
+// pages and faults it in. The ring starts on a 2 MiB boundary, so that
+// huge pages can back all of it, inside a larger reservation left
+// PROT_NONE on both sides: without the guards the kernel merges the rings
+// of one process into one mapping (same flags, adjacent), and smaps, which
+// HugePageBytes is read from, counts the huge pages of all of them.
+// mapping is the reservation, for Munmap.
+func mapAnonymous(size int) (mapping, mem []byte, info MemoryInfo, err error) {
+	info = MemoryInfo{Kind: KindAnonymous, Bytes: size}
 	meminfo, _ := os.ReadFile(meminfoPath) // unreadable: no size check
 	if err := checkAvailable(meminfo, size); err != nil {
-		return nil, info, err
+		return nil, nil, info, err
 	}
-	mem, err := unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	mapping, err = unix.Mmap(-1, 0, size+2*hugePageSize, unix.PROT_NONE,
+		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
 	if err != nil {
 		if errors.Is(err, unix.ENOMEM) {
-			return nil, info, fmt.Errorf("%w: mmap %d bytes: %v", ErrTooLarge, size, err)
+			return nil, nil, info, fmt.Errorf("%w: mmap %d bytes: %v", ErrTooLarge, size, err)
 		}
-		return nil, info, os.NewSyscallError("mmap", err)
+		return nil, nil, info, os.NewSyscallError("mmap", err)
+	}
+	fail := func(err error) ([]byte, []byte, MemoryInfo, error) {
+		_ = unix.Munmap(mapping)
+		return nil, nil, info, err
+	}
+	// At least one base page of guard below (base is page-aligned and the
+	// start lies past it) and more than hugePageSize above.
+	base := uint64(uintptr(addrOf(mapping)))
+	off := int(alignUp(base+1, hugePageSize) - base)
+	mem = mapping[off : off+size : off+size]
+	if err := unix.Mprotect(mem, unix.PROT_READ|unix.PROT_WRITE); err != nil {
+		return fail(tooLarge(os.NewSyscallError("mprotect", err), size))
 	}
 	// EINVAL (kernel without THP) and similar mean "no huge pages": the ring
 	// works the same on base pages, so this is not an error.
 	info.HugePageAdvice = unix.Madvise(mem, unix.MADV_HUGEPAGE) == nil
 	if info.Prefault, err = prefault(mem); err != nil {
-		_ = unix.Munmap(mem)
-		return nil, info, tooLarge(err, size)
+		return fail(tooLarge(err, size))
 	}
 	info.HugePageBytes = hugeBytes(mem, "AnonHugePages:")
-	return mem, info, nil
+	return mapping, mem, info, nil
 }
 
 // mapShared puts the ring in a memfd mapped MAP_SHARED, so that another

@@ -120,7 +120,8 @@ type Reservation struct {
 // writers and one consumer, as documented on each.
 type Ring struct {
 	// Read-only after New.
-	mem       []byte // the whole mapping (unix.Munmap wants it whole)
+	mapping   []byte // what was mapped, guards included (unix.Munmap wants it whole)
+	mem       []byte // the slabs, inside mapping
 	batch     uint64 // BatchSize
 	numSlabs  uint64 // NumSlabs
 	capacity  uint64 // NumSlabs · BatchSize
@@ -242,11 +243,11 @@ func New(l Layout) (*Ring, error) {
 	r.slabs = make([]slabState, l.NumSlabs)
 	r.capacity = capacity
 
-	mem, fd, info, err := mapRing(int(alignUp(total, hugePageSize)), l.Shared)
+	mapping, mem, fd, info, err := mapRing(int(alignUp(total, hugePageSize)), l.Shared)
 	if err != nil {
 		return nil, err
 	}
-	r.mem, r.fd, r.memInfo = mem, fd, info
+	r.mapping, r.mem, r.fd, r.memInfo = mapping, mem, fd, info
 	return r, nil
 }
 
@@ -795,10 +796,10 @@ func (r *Ring) wakeSpace() {
 func (r *Ring) Free() error {
 	r.Close()
 	var errs []error
-	if r.mem != nil {
-		mem := r.mem
-		r.mem = nil
-		if err := unix.Munmap(mem); err != nil {
+	if r.mapping != nil {
+		mapping := r.mapping
+		r.mapping, r.mem = nil, nil
+		if err := unix.Munmap(mapping); err != nil {
 			errs = append(errs, os.NewSyscallError("munmap", err))
 		}
 	}

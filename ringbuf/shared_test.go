@@ -3,6 +3,7 @@ package ringbuf
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"strconv"
 	"strings"
@@ -333,4 +334,68 @@ VmFlags: rd wr mr mw me ac sd hg
 			t.Errorf("smapsBytes(%#x, %v) = %d, want %d", tc.addr, tc.fields, got, tc.want)
 		}
 	}
+}
+
+// TestAnonymousRingsAreMappedApart maps several anonymous rings at once and
+// checks that each is its own mapping in /proc/self/maps, starts on a 2 MiB
+// boundary, and reports no more huge pages than it has bytes: rings mapped
+// back to back once merged into one mapping, and each reported the huge
+// pages of all.
+func TestAnonymousRingsAreMappedApart(t *testing.T) {
+	var rings []*Ring
+	defer func() {
+		for _, r := range rings {
+			r.Free()
+		}
+	}()
+	for range 4 {
+		r, err := New(Layout{BatchSize: 256, NumSlabs: 3, LeafBytes: []int{32, 4, 1}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rings = append(rings, r)
+	}
+	maps, err := os.ReadFile("/proc/self/maps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := make([]string, len(rings))
+	for i, r := range rings {
+		m := r.Memory()
+		if m.HugePageBytes > m.Bytes {
+			t.Errorf("ring %d: %d bytes on huge pages of %d", i, m.HugePageBytes, m.Bytes)
+		}
+		lo := uint64(uintptr(addrOf(r.mem)))
+		if lo%hugePageSize != 0 {
+			t.Errorf("ring %d starts at %#x, not on a 2 MiB boundary", i, lo)
+		}
+		own[i] = fmt.Sprintf("%x-%x rw-p ", lo, lo+uint64(len(r.mem)))
+		if !hasLine(maps, own[i]) {
+			t.Errorf("ring %d: no mapping %q of its own in /proc/self/maps", i, own[i])
+		}
+	}
+	for _, r := range rings {
+		if err := r.Free(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	maps, err = os.ReadFile("/proc/self/maps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range rings {
+		if hasLine(maps, own[i]) {
+			t.Errorf("ring %d: %q still mapped after Free", i, own[i])
+		}
+	}
+}
+
+// hasLine reports whether a line of text starts with prefix.
+func hasLine(text []byte, prefix string) bool {
+	for line := range bytes.Lines(text) {
+		if bytes.HasPrefix(line, []byte(prefix)) {
+			return true
+		}
+	}
+	return false
 }
