@@ -152,16 +152,28 @@ type taken struct {
 	err  error
 }
 
+// offer is a batch set aside for a learner: its slab, and the BATCH body
+// it was offered with.
+type offer struct {
+	slab int
+	info wire.BatchInfo
+}
+
+// maxOffers is how many batches the server sets aside for a learner at
+// once: one per record of the offer page (docs/learner.md, "Offers").
+const maxOffers = 2
+
 // learnerConn is the server's side of one learner connection: the slab its
-// learner holds, and the batch set aside for it in its offer page.
+// learner holds, and the batches set aside for it in its offer page.
 type learnerConn struct {
-	l      *learners
-	c      *net.UnixConn
-	ctx    context.Context
-	page   []byte // the offer page, shared with the learner
-	held   int    // the slab the learner holds, or -1
-	offer  int    // the slab set aside for it, or -1
-	info   wire.BatchInfo
+	l    *learners
+	c    *net.UnixConn
+	ctx  context.Context
+	page []byte // the offer page, shared with the learner
+	held int    // the slab the learner holds, or -1
+	// offers are the batches set aside, oldest first, with the tickets
+	// ticket-len(offers)+1 … ticket.
+	offers []offer
 	ticket uint64 // the ticket of the last batch held or offered
 	// taking is set while a Take for this learner runs; its result comes
 	// on results. closed is set once a Take returned ErrClosed.
@@ -192,7 +204,7 @@ func (l *learners) serve(c *net.UnixConn) {
 			frames <- f
 		}
 	}()
-	lc := &learnerConn{l: l, c: c, ctx: ctx, held: -1, offer: -1, results: make(chan taken, 1)}
+	lc := &learnerConn{l: l, c: c, ctx: ctx, held: -1, offers: make([]offer, 0, maxOffers), results: make(chan taken, 1)}
 	defer func() {
 		gone()
 		lc.end()
@@ -247,22 +259,22 @@ func (l *learners) serve(c *net.UnixConn) {
 		case wire.FrameNext:
 			lc.ask()
 			lc.release()
-			if lc.offer < 0 && !lc.closed {
+			if len(lc.offers) == 0 && !lc.closed {
 				lc.startTake()
 				if !lc.offered(<-lc.results) {
 					return
 				}
 			}
-			if lc.offer < 0 {
+			if len(lc.offers) == 0 {
 				out = wire.AppendFrame(out, wire.FrameClosed, nil)
 				break
 			}
-			lc.held, lc.offer = lc.offer, -1
-			out = wire.AppendBatch(out, &lc.info)
+			out = wire.AppendBatch(out, &lc.offers[0].info)
+			lc.hand()
 		case wire.FrameTake:
 			lc.ask()
 			ticket, err := wire.DecodeTake(f.body)
-			if err == nil && (lc.offer < 0 || ticket != lc.ticket) {
+			if err == nil && (len(lc.offers) == 0 || ticket != lc.offers[0].info.Ticket) {
 				err = fmt.Errorf("TAKE of ticket %d, the offer is %d", ticket, lc.offerTicket())
 			}
 			if err != nil {
@@ -270,7 +282,7 @@ func (l *learners) serve(c *net.UnixConn) {
 				return
 			}
 			lc.release()
-			lc.held, lc.offer = lc.offer, -1
+			lc.hand()
 			continue // TAKE has no answer
 		case wire.FrameRelease:
 			lc.release()
@@ -347,15 +359,23 @@ func (lc *learnerConn) startTake() {
 // setAside starts taking the learner's next batch ahead of its asking, so
 // that it finds the batch in its offer page: only for a learner that takes
 // batches alone (with several, a batch set aside for one would keep it
-// from another that waits) and has no offer out.
+// from another that waits) and has a record free. A record is free once
+// the learner has the batch offered in it before (its TAKE, or NEXT's
+// answer, reached the server): with one offer out, the other record is.
 func (lc *learnerConn) setAside() {
-	if lc.taker && lc.offer < 0 && !lc.closed && lc.l.takers.Load() == 1 {
+	if lc.taker && len(lc.offers) < maxOffers && !lc.closed && lc.l.takers.Load() == 1 {
 		lc.startTake()
 	}
 }
 
-// offered records a Take's result: the batch becomes the learner's offer,
-// written into its page. It reports false when the learner left.
+// hand makes the oldest offer the batch the learner holds: it took it.
+func (lc *learnerConn) hand() {
+	lc.held = lc.offers[0].slab
+	lc.offers = lc.offers[:copy(lc.offers, lc.offers[1:])]
+}
+
+// offered records a Take's result: the batch becomes the learner's newest
+// offer, written into its page. It reports false when the learner left.
 func (lc *learnerConn) offered(r taken) bool {
 	lc.taking = false
 	switch {
@@ -366,37 +386,38 @@ func (lc *learnerConn) offered(r taken) bool {
 		return false // the learner left while it waited
 	}
 	lc.ticket++
-	lc.offer = r.slab
-	lc.info = lc.l.s.learnerInfo(r.slab)
-	lc.info.Ticket = lc.ticket
+	o := offer{slab: r.slab, info: lc.l.s.learnerInfo(r.slab)}
+	o.info.Ticket = lc.ticket
+	lc.offers = append(lc.offers, o)
 	// The record with no ticket first, then the ticket: a learner that
 	// reads the ticket finds the record whole (docs/learner.md, "Offers").
 	rec := lc.page[wire.OfferOffset(lc.ticket):]
-	unticketed := lc.info
+	unticketed := o.info
 	unticketed.Ticket = 0
 	wire.AppendBatchBody(rec[:0:len(rec)], &unticketed)
 	atomic.StoreUint64((*uint64)(unsafe.Pointer(&rec[0])), lc.ticket)
 	return true
 }
 
+// offerTicket is the ticket a TAKE must name: the oldest offer's, or 0.
 func (lc *learnerConn) offerTicket() uint64 {
-	if lc.offer < 0 {
+	if len(lc.offers) == 0 {
 		return 0
 	}
-	return lc.ticket
+	return lc.offers[0].info.Ticket
 }
 
 // end gives back what the connection had: the held slab (not redelivered:
-// see docs/learner.md) and the offer, which the learner never took, for
-// the next learner to take.
+// see docs/learner.md) and the offers, which the learner never took, for
+// the next learners to take, oldest first.
 func (lc *learnerConn) end() {
 	if lc.taking {
 		lc.offered(<-lc.results) // ctx is done: it ends at once
 	}
-	if lc.offer >= 0 {
-		lc.l.cons.Untake(lc.offer)
-		lc.offer = -1
+	for _, o := range lc.offers {
+		lc.l.cons.Untake(o.slab)
 	}
+	lc.offers = lc.offers[:0]
 	lc.release()
 	if lc.taker {
 		lc.l.takers.Add(-1)

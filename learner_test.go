@@ -333,7 +333,8 @@ func TestLearnerOffers(t *testing.T) {
 	if rows, _, ok := a.next(); !ok || rows[0] != [2]int{1, 0} {
 		t.Fatalf("first batch %v", rows)
 	}
-	// Ticket 1 went out with NEXT; ticket 2 is the next batch, set aside.
+	// Ticket 1 went out with NEXT; tickets 2 and 3, the next batches, are
+	// set aside at once, one per record.
 	b2, ok := a.offered(2)
 	if !ok {
 		t.Fatal("no offer of ticket 2")
@@ -341,12 +342,18 @@ func TestLearnerOffers(t *testing.T) {
 	if rows := a.rowsOf(int(b2.Slab)); rows[0] != [2]int{1, batch} || b2.Ticket != 2 {
 		t.Fatalf("offer %+v holds %v", b2, rows)
 	}
-	if _, err := a.c.Write(wire.AppendTake(nil, 2)); err != nil {
-		t.Fatal(err)
-	}
 	b3, ok := a.offered(3)
 	if !ok || a.rowsOf(int(b3.Slab))[0] != [2]int{1, 2 * batch} {
 		t.Fatalf("offer of ticket 3: %+v, %v", b3, ok)
+	}
+	// Ticket 4's record is ticket 2's: it stays ticket 2's until its TAKE,
+	// though batch 4 is complete.
+	time.Sleep(20 * time.Millisecond)
+	if b, _ := a.offered(2); b != b2 {
+		t.Fatalf("ticket 2's record changed before its TAKE: %+v, was %+v", b, b2)
+	}
+	if _, err := a.c.Write(wire.AppendTake(nil, 2)); err != nil {
+		t.Fatal(err)
 	}
 	// NEXT hands out the offer the learner did not take.
 	typ, body, err := a.request(wire.FrameNext, nil)
@@ -361,8 +368,8 @@ func TestLearnerOffers(t *testing.T) {
 	}
 
 	// A second learner takes batches. The Take the server started for a's
-	// next offer when a took ticket 4 still ends in an offer (ticket 5);
-	// after that, nothing more is set aside for either.
+	// next offer before then still ends in an offer (ticket 5); after
+	// that, nothing more is set aside for either.
 	if _, err := a.c.Write(wire.AppendTake(nil, 4)); err != nil {
 		t.Fatal(err)
 	}

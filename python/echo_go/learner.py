@@ -182,9 +182,9 @@ class Learner:
     def _take_offer(self) -> bytes | None:
         """Take the batch the server set aside, if it did: its record, or None.
 
-        The record is read before TAKE goes out, and the server writes the
-        next offer into the other record only after that TAKE: what was read
-        is whole. Under _lock.
+        The record is read before TAKE goes out, and the server writes
+        this record again only after that TAKE: what was read is whole.
+        Under _lock.
         """
         if not _OFFERS_READABLE:
             return None
