@@ -52,7 +52,7 @@ type learners struct {
 	cancel  context.CancelFunc
 
 	// takers counts the connections that asked for a batch: a learner
-	// alone gets its next batch set aside for it.
+	// alone gets its next batches set aside for it.
 	takers atomic.Int64
 
 	mu     sync.Mutex

@@ -310,9 +310,9 @@ func TestLearnerRequests(t *testing.T) {
 	}
 }
 
-// TestLearnerOffers: a learner alone finds its next batch set aside in its
-// offer page and takes it with TAKE, no answer awaited; NEXT hands out an
-// offer it did not take; a TAKE of any other ticket ends the connection;
+// TestLearnerOffers: a learner alone finds its next two batches set aside
+// in its offer page and takes them with TAKE, no answer awaited; NEXT
+// hands out the oldest offer it did not take; a TAKE of any other ticket ends the connection;
 // and with a second learner taking batches, nothing more is set aside.
 func TestLearnerOffers(t *testing.T) {
 	const batch = 2
