@@ -317,15 +317,7 @@ func TestLearnerRequests(t *testing.T) {
 func TestLearnerOffers(t *testing.T) {
 	const batch = 2
 	s, path := learnerServer(t, batch, echo.WithNumBuffers(4))
-	submit := func(from, n int) {
-		t.Helper()
-		for seq := from; seq < from+n; seq++ {
-			if err := s.Submit(t.Context(), numbered(1, seq)); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	submit(0, 4*batch)
+	submitRun(t, s, 0, 4*batch)
 	a := attachLearner(t, path)
 	if a.welcome.OfferBytes != wire.OfferPageBytes || a.welcome.Protocol != int(wire.LearnerVersion) {
 		t.Fatalf("welcome %+v", a.welcome)
@@ -385,7 +377,7 @@ func TestLearnerOffers(t *testing.T) {
 		bRows <- rows
 	}()
 	time.Sleep(20 * time.Millisecond)
-	submit(4*batch, 2*batch)
+	submitRun(t, s, 4*batch, 2*batch)
 	b5, ok := a.offered(5)
 	if !ok || a.rowsOf(int(b5.Slab))[0] != [2]int{1, 4 * batch} {
 		t.Fatalf("offer of ticket 5: %+v, %v", b5, ok)
@@ -396,7 +388,7 @@ func TestLearnerOffers(t *testing.T) {
 	if _, err := a.c.Write(wire.AppendTake(nil, 5)); err != nil {
 		t.Fatal(err)
 	}
-	submit(6*batch, batch)
+	submitRun(t, s, 6*batch, batch)
 	time.Sleep(50 * time.Millisecond)
 	if got := atomic.LoadUint64((*uint64)(unsafe.Pointer(&a.offers[wire.OfferOffset(6)]))); got == 6 {
 		t.Fatal("a batch was set aside for one of two learners")
@@ -414,43 +406,50 @@ func TestLearnerOffers(t *testing.T) {
 		t.Fatal("the connection went on after a bad TAKE")
 	}
 	// The batch a held goes back with it; b takes the one after.
-	submit(7*batch, batch)
+	submitRun(t, s, 7*batch, batch)
 	if rows, _, ok := b.next(); !ok || rows[0] != [2]int{1, 7 * batch} {
 		t.Fatalf("batch after the bad TAKE %v", rows)
 	}
 }
 
-// TestLearnerOfferGoesToTheNextLearner: a learner that leaves with a batch
-// set aside for it, not taken, leaves it to the next learner, so that no
-// sample is lost but the one batch it held.
+// TestLearnerOfferGoesToTheNextLearner: a learner that leaves with batches
+// set aside for it, not taken, leaves them to the next learner, oldest
+// first, so that no sample is lost but the one batch it held.
 func TestLearnerOfferGoesToTheNextLearner(t *testing.T) {
 	const batch = 2
 	s, path := learnerServer(t, batch, echo.WithNumBuffers(3))
-	submit := func(from, n int) {
-		t.Helper()
-		for seq := from; seq < from+n; seq++ {
-			if err := s.Submit(t.Context(), numbered(1, seq)); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	submit(0, 2*batch)
+	submitRun(t, s, 0, 3*batch)
 	dead := attachLearner(t, path)
 	if rows, _, ok := dead.next(); !ok || rows[0] != [2]int{1, 0} {
 		t.Fatalf("first batch %v", rows)
 	}
-	if _, ok := dead.offered(2); !ok {
-		t.Fatal("no offer of ticket 2")
+	for ticket := uint64(2); ticket <= 3; ticket++ {
+		if _, ok := dead.offered(ticket); !ok {
+			t.Fatalf("no offer of ticket %d", ticket)
+		}
 	}
 	dead.c.Close()
-	// No newer batch is complete yet: the next learner's NEXT waits until
-	// the server has seen the first one leave, and gets its offer.
+	// Every slab is out (one held, two offered), so no newer batch can
+	// complete: the next learner's NEXTs wait until the server has seen
+	// the first one leave, and get its offers in order.
 	next := attachLearner(t, path)
-	if rows, _, ok := next.next(); !ok || rows[0] != [2]int{1, batch} {
-		t.Fatalf("batch %v, want the offer left behind (seq %d)", rows, batch)
+	for _, seq := range []int{batch, 2 * batch} {
+		if rows, _, ok := next.next(); !ok || rows[0] != [2]int{1, seq} {
+			t.Fatalf("batch %v, want the offer left behind (seq %d)", rows, seq)
+		}
 	}
-	submit(2*batch, batch)
-	if rows, _, ok := next.next(); !ok || rows[0] != [2]int{1, 2 * batch} {
-		t.Fatalf("batch %v, want the one from seq %d", rows, 2*batch)
+	submitRun(t, s, 3*batch, batch)
+	if rows, _, ok := next.next(); !ok || rows[0] != [2]int{1, 3 * batch} {
+		t.Fatalf("batch %v, want the one from seq %d", rows, 3*batch)
+	}
+}
+
+// submitRun submits producer 1's samples from seq from on, n of them.
+func submitRun(t *testing.T, s *echo.Server, from, n int) {
+	t.Helper()
+	for seq := from; seq < from+n; seq++ {
+		if err := s.Submit(t.Context(), numbered(1, seq)); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -12,11 +12,7 @@ import (
 // batches while a writer fills the ring take every batch exactly once, in
 // the order complete, and slabs go back to the writer only in order.
 func TestConsumersTakeEachBatchOnce(t *testing.T) {
-	r, err := New(Layout{BatchSize: 4, NumSlabs: 3, LeafBytes: []int{8}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Free()
+	r := mustNew(t, Layout{BatchSize: 4, NumSlabs: 3, LeafBytes: []int{8}})
 	c := NewConsumers(r)
 	const batches = 300
 	go func() {
@@ -77,11 +73,7 @@ func TestConsumersTakeEachBatchOnce(t *testing.T) {
 
 // TestConsumersCloseWakesTakers: Close ends a waiting Take with ErrClosed.
 func TestConsumersCloseWakesTakers(t *testing.T) {
-	r, err := New(Layout{BatchSize: 2, NumSlabs: 2, LeafBytes: []int{8}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Free()
+	r := mustNew(t, Layout{BatchSize: 2, NumSlabs: 2, LeafBytes: []int{8}})
 	c := NewConsumers(r)
 	errc := make(chan error, 2)
 	for range 2 {
@@ -103,11 +95,7 @@ func TestConsumersCloseWakesTakers(t *testing.T) {
 // goes to the next Take, before newer batches, and wakes a Take already
 // waiting on the ring; Give and Untake refuse it while it waits.
 func TestConsumersUntakeHandsTheBatchOutAgain(t *testing.T) {
-	r, err := New(Layout{BatchSize: 1, NumSlabs: 3, LeafBytes: []int{8}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Free()
+	r := mustNew(t, Layout{BatchSize: 1, NumSlabs: 3, LeafBytes: []int{8}})
 	c := NewConsumers(r)
 	fill := func(v byte) {
 		res, err := r.Claim(context.Background(), 1)

@@ -343,17 +343,8 @@ VmFlags: rd wr mr mw me ac sd hg
 // pages of all.
 func TestAnonymousRingsAreMappedApart(t *testing.T) {
 	var rings []*Ring
-	defer func() {
-		for _, r := range rings {
-			r.Free()
-		}
-	}()
 	for range 4 {
-		r, err := New(Layout{BatchSize: 256, NumSlabs: 3, LeafBytes: []int{32, 4, 1}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		rings = append(rings, r)
+		rings = append(rings, mustNew(t, Layout{BatchSize: 256, NumSlabs: 3, LeafBytes: []int{32, 4, 1}}))
 	}
 	maps, err := os.ReadFile("/proc/self/maps")
 	if err != nil {
